@@ -1,0 +1,145 @@
+"""Training throughput: ihlab-train's LightningModule vs a bare PyTorch loop, side by side.
+
+Both train the `induction_2l` model on the same batches with the same optimizer; the bare loop runs
+a hand-written copy of the model (no site hooks) that loads the lab model's weights, so the ratio
+prices everything the lab adds: Lightning, the module, site hooks, logging to metrics.csv and the
+progress bar. Rounds alternate to spread machine noise evenly; the median ratio is printed.
+
+    python benchmarks/throughput.py [--steps 300] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch import Tensor, nn
+
+from ihlab.config import register_configs, to_train_config
+from ihlab.data import make_datamodule
+from ihlab.module import LabModule
+from ihlab.outputs import MetricsCSV
+from ihlab.train import build_trainer, config_dir
+
+WARMUP = 20
+
+
+class BareBlock(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_attn = nn.LayerNorm(d_model)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.attn.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        qkv = self.attn.qkv(self.ln_attn(x)).view(b, n, 3, self.n_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, head, pos, d_head)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, head, pos, d_head)
+        return x + self.attn.out(z.transpose(1, 2).reshape(b, n, d))
+
+
+class BareModel(nn.Module):
+    """The induction_2l architecture in the fewest lines: same parameter names as ihlab's model."""
+
+    def __init__(self, d_vocab: int, n_ctx: int, d_model: int, n_heads: int, n_layers: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(d_vocab, d_model)
+        self.pos_embed = nn.Embedding(n_ctx, d_model)
+        self.blocks = nn.ModuleList(BareBlock(d_model, n_heads) for _ in range(n_layers))
+        self.ln_final = nn.LayerNorm(d_model)
+        self.unembed = nn.Linear(d_model, d_vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.embed_tokens(tokens) + self.pos_embed.weight[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x))
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after the warm-up."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.steps_per_sec = (trainer.global_step - WARMUP) / (time.perf_counter() - self.start)
+
+
+def lab_steps_per_sec(config, steps: int, out: Path) -> float:
+    config.trainer.max_steps = steps
+    config.trainer.eval_every = steps + 1  # training steps only
+    datamodule = make_datamodule(config.data, config.seed)
+    module = LabModule(
+        config.model,
+        config.optim,
+        datamodule.io,
+        eval_splits=datamodule.eval_splits,
+        max_steps=steps,
+        batch_size=config.data.batch_size,
+        score_every=0,
+        log_every=config.trainer.log_every,
+    )
+    trainer = build_trainer(config, out, [MetricsCSV(out / "metrics.csv", config.data.batch_size)])
+    timer = StepTimer()
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=datamodule)
+    return timer.steps_per_sec
+
+
+def bare_steps_per_sec(config, steps: int) -> float:
+    datamodule = make_datamodule(config.data, config.seed)
+    lab = LabModule(
+        config.model, config.optim, datamodule.io, ("eval",), steps, config.data.batch_size, 0
+    ).model
+    m = config.model
+    model = BareModel(datamodule.io.d_vocab, datamodule.io.n_ctx, m.d_model, m.n_heads, m.n_layers)
+    model.load_state_dict(lab.state_dict())
+    tokens = datamodule.train_batch(0)["tokens"]
+    assert torch.allclose(model(tokens[:, :-1]), lab({"tokens": tokens[:, :-1]}), atol=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+    for step in range(steps):
+        if step == WARMUP:
+            start = time.perf_counter()
+        tokens = datamodule.train_batch(step)["tokens"]  # (batch, seq)
+        logits = model(tokens[:, :-1])  # (batch, seq - 1, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (steps - WARMUP) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=induction_2l", "logger=csv"])
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            config = to_train_config(cfg)
+            lab = lab_steps_per_sec(config, args.steps, Path(tmp) / f"round{r}")
+            bare = bare_steps_per_sec(config, args.steps)
+            ratios.append(lab / bare)
+            print(f"round {r}: ihlab {lab:.1f} steps/s, bare loop {bare:.1f} steps/s")
+    ratio = statistics.median(ratios)
+    print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""Few-shot classification sequences (Singh et al. 2024, Reddy 2023).
+
+A sequence is `x1 l1 x2 l2 ... xK lK xq`: K exemplar-label pairs, then a query exemplar whose label
+must be read from the context. Each sequence draws a fresh unordered label pair and assigns it in a
+random order to the query class and the distractor classes, so no fixed class -> label mapping
+exists and only in-context lookup (an induction head) solves the task.
+
+Exemplar vectors are either synthetic Gaussian clusters (Reddy 2023) or precomputed features read
+from an HDF5 file (e.g. ResNet features of Omniglot, as in Singh et al.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ihlab.data.base import ModelIO
+from ihlab.data.stream import BatchStream, fixed_loader
+from ihlab.errors import ConfigError
+from ihlab.seeding import generator
+
+
+class FeatureSource(str, Enum):
+    """Where exemplar vectors come from."""
+
+    gaussian = "gaussian"
+    hdf5 = "hdf5"
+
+
+@dataclass
+class FewShotConfig:
+    """Few-shot sequences and their class / exemplar / label-pair splits.
+
+    `n_classes`, `n_exemplars` and `feature_dim` describe only the Gaussian generator; with
+    `features=hdf5` the file's dataset shape (classes, exemplars, dim) is authoritative and those
+    three fields are ignored.
+    """
+
+    features: FeatureSource = FeatureSource.gaussian
+    hdf5_path: str | None = None
+    hdf5_dataset: str = "features"
+    n_classes: int = 1623
+    n_exemplars: int = 5
+    feature_dim: int = 512
+    epsilon: float = 0.1
+    n_train_classes: int = 50
+    n_unseen_classes: int = 100
+    train_exemplars: int = 1
+    n_labels: int = 5
+    n_holdout_pairs: int = 2
+    context_pairs: int = 2
+    burstiness: int = 1
+    n_distractor_classes: int = 1
+    batch_size: int = 32
+    eval_size: int = 1000
+    eval_batch_size: int = 1000
+    probe_size: int = 64
+
+    def __post_init__(self) -> None:
+        try:
+            self.features = FeatureSource(self.features)
+        except ValueError:
+            raise ConfigError(
+                f"data.features={self.features} is not a feature source. Fix: set data.features "
+                "to one of gaussian, hdf5."
+            ) from None
+        if self.features == FeatureSource.hdf5:
+            self._check_hdf5_file()
+        else:
+            self._check_gaussian()
+        n_pairs = self.n_labels * (self.n_labels - 1) // 2
+        checks = [
+            (
+                self.train_exemplars >= 1,
+                f"data.train_exemplars={self.train_exemplars} must be at least 1: training needs "
+                "an exemplar per class. Fix: raise data.train_exemplars.",
+            ),
+            (
+                self.n_labels >= 2,
+                f"data.n_labels={self.n_labels} must be at least 2: each sequence uses a pair of "
+                "labels. Fix: raise data.n_labels.",
+            ),
+            (
+                0 <= self.n_holdout_pairs < n_pairs,
+                f"data.n_holdout_pairs={self.n_holdout_pairs} must be between 0 and "
+                f"{n_pairs - 1} (data.n_labels={self.n_labels} gives {n_pairs} label pairs, at "
+                "least one must be left for training). Fix: lower data.n_holdout_pairs or raise "
+                "data.n_labels.",
+            ),
+            (
+                self.context_pairs >= 2,
+                f"data.context_pairs={self.context_pairs} must be at least 2: the context needs a "
+                "query-class item and a distractor. Fix: raise data.context_pairs.",
+            ),
+            (
+                1 <= self.burstiness <= self.context_pairs - 1,
+                f"data.burstiness={self.burstiness} must be between 1 and data.context_pairs-1="
+                f"{self.context_pairs - 1}: the context needs at least one query-class item and "
+                "one distractor. Fix: lower data.burstiness or raise data.context_pairs.",
+            ),
+            (
+                1 <= self.n_distractor_classes <= self.context_pairs - self.burstiness,
+                f"data.n_distractor_classes={self.n_distractor_classes} must be between 1 and "
+                f"data.context_pairs-data.burstiness={self.context_pairs - self.burstiness}: "
+                "each distractor class appears at least once among the distractor items. Fix: "
+                "lower data.n_distractor_classes or raise data.context_pairs.",
+            ),
+            (
+                self.n_distractor_classes < self.n_train_classes,
+                f"data.n_train_classes={self.n_train_classes} must exceed "
+                f"data.n_distractor_classes={self.n_distractor_classes}: each sequence needs a "
+                "query class and distinct distractor classes. Fix: raise data.n_train_classes.",
+            ),
+            (
+                self.n_unseen_classes == 0 or self.n_unseen_classes > self.n_distractor_classes,
+                f"data.n_unseen_classes={self.n_unseen_classes} must be 0 (no unseen-class "
+                f"split) or exceed data.n_distractor_classes={self.n_distractor_classes}: each "
+                "sequence needs a query class and distinct distractor classes. Fix: change "
+                "data.n_unseen_classes.",
+            ),
+            (
+                self.epsilon >= 0,
+                f"data.epsilon={self.epsilon} must be >= 0: it is the exemplar noise scale. "
+                "Fix: set data.epsilon >= 0.",
+            ),
+        ]
+        checks += [
+            (
+                getattr(self, key) > 0,
+                f"data.{key}={getattr(self, key)} must be positive. Fix: set data.{key} >= 1.",
+            )
+            for key in ("batch_size", "eval_size", "eval_batch_size", "probe_size")
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def _check_hdf5_file(self) -> None:
+        holds = (
+            f"an HDF5 file with a dataset named data.hdf5_dataset={self.hdf5_dataset!r} shaped "
+            "(classes, exemplars, dim)"
+        )
+        if self.hdf5_path is None:
+            raise ConfigError(
+                f"data.features=hdf5 needs data.hdf5_path: {holds}. Fix: set data.hdf5_path or "
+                "use data.features=gaussian."
+            )
+        path = Path(self.hdf5_path).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(
+                f"data.hdf5_path={self.hdf5_path} does not exist (resolved to {path}); it must be "
+                f"{holds}. Fix: point data.hdf5_path at such a file or use "
+                "data.features=gaussian."
+            )
+
+    def _check_gaussian(self) -> None:
+        for key in ("n_classes", "n_exemplars", "feature_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"data.{key}={getattr(self, key)} must be positive. Fix: set data.{key} >= 1."
+                )
+        if self.n_train_classes + self.n_unseen_classes > self.n_classes:
+            raise ConfigError(
+                f"data.n_train_classes + data.n_unseen_classes = {self.n_train_classes} + "
+                f"{self.n_unseen_classes} exceeds data.n_classes={self.n_classes}. Fix: lower "
+                "data.n_train_classes or data.n_unseen_classes, or raise data.n_classes."
+            )
+        if self.train_exemplars > self.n_exemplars:
+            raise ConfigError(
+                f"data.train_exemplars={self.train_exemplars} exceeds "
+                f"data.n_exemplars={self.n_exemplars}. Fix: lower data.train_exemplars or raise "
+                "data.n_exemplars."
+            )
+
+
+def gaussian_features(cfg: FewShotConfig, seed: int) -> Tensor:
+    """Class centroids ~ N(0, I/D), exemplars = centroid + epsilon * N(0, I/D)."""
+    g = generator(seed, "features")
+    shape = (cfg.n_classes, cfg.n_exemplars, cfg.feature_dim)
+    scale = cfg.feature_dim**-0.5
+    centroids = torch.randn(shape[0], 1, shape[2], generator=g) * scale  # (classes, 1, dim)
+    noise = torch.randn(shape, generator=g) * scale  # (classes, exemplars, dim)
+    return centroids + cfg.epsilon * noise  # (classes, exemplars, dim)
+
+
+def hdf5_features(cfg: FewShotConfig) -> Tensor:
+    """Read the (classes, exemplars, dim) feature dataset as float32."""
+    path = Path(str(cfg.hdf5_path)).expanduser().resolve()
+    with h5py.File(path, "r") as f:
+        if cfg.hdf5_dataset not in f:
+            raise ConfigError(
+                f"data.hdf5_dataset={cfg.hdf5_dataset!r} is not in {path} (it holds "
+                f"{sorted(f.keys())}). Fix: set data.hdf5_dataset to the features dataset."
+            )
+        array = np.asarray(f[cfg.hdf5_dataset], dtype=np.float32)
+    if array.ndim != 3:
+        raise ConfigError(
+            f"data.hdf5_dataset={cfg.hdf5_dataset!r} in {path} has shape {array.shape}; it must "
+            "be (classes, exemplars, dim). Fix: reshape the features when writing the file."
+        )
+    return torch.from_numpy(array)  # (classes, exemplars, dim)
+
+
+class Split(NamedTuple):
+    """What one split draws from: query/distractor classes, exemplar indices, label pairs."""
+
+    classes: Tensor  # (n_split_classes,)
+    exemplars: Tensor  # (n_split_exemplars,)
+    pairs: Tensor  # (n_split_pairs, 2)
+
+
+class FewShotDataModule(L.LightningDataModule):
+    """Training stream over the train split, fixed eval sets per split, and a probe batch.
+
+    Batches hold "features" (batch, T, D) with zeros at label positions, "labels" (batch, T) with
+    -1 at exemplar positions, "target" (batch,) the query's label, and "ids" (batch, T): the class
+    at exemplar positions, n_classes + label at label positions (token identity for matching).
+    """
+
+    def __init__(self, cfg: FewShotConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        if cfg.features == FeatureSource.hdf5:
+            self.features = hdf5_features(cfg)  # (classes, exemplars, dim)
+            self._check_file_shape()
+        else:
+            self.features = gaussian_features(cfg, seed)  # (classes, exemplars, dim)
+        self.n_classes, n_exemplars, dim = self.features.shape
+
+        classes = torch.randperm(self.n_classes, generator=generator(seed, "split", "classes"))
+        self.train_classes = classes[: cfg.n_train_classes]  # (n_train_classes,)
+        self.unseen_classes = classes[
+            cfg.n_train_classes : cfg.n_train_classes + cfg.n_unseen_classes
+        ]  # (n_unseen_classes,)
+        exemplars = torch.arange(n_exemplars)  # (exemplars,)
+        self.train_exemplars = exemplars[: cfg.train_exemplars]  # (train_exemplars,)
+        self.heldout_exemplars = exemplars[cfg.train_exemplars :]  # (held-out exemplars,)
+        pairs = torch.combinations(torch.arange(cfg.n_labels), 2)  # (n_pairs, 2)
+        pairs = pairs[torch.randperm(len(pairs), generator=generator(seed, "split", "pairs"))]
+        self.heldout_pairs = pairs[: cfg.n_holdout_pairs]  # (n_holdout_pairs, 2)
+        self.train_pairs = pairs[cfg.n_holdout_pairs :]  # (n_train_pairs, 2)
+
+        splits = {
+            "train": Split(self.train_classes, self.train_exemplars, self.train_pairs),
+            "heldout_pairs": Split(self.train_classes, self.train_exemplars, self.heldout_pairs),
+            "heldout_exemplars": Split(
+                self.train_classes, self.heldout_exemplars, self.train_pairs
+            ),
+            "unseen_classes": Split(self.unseen_classes, exemplars, self.train_pairs),
+        }
+        self.splits = {name: s for name, s in splits.items() if all(len(t) for t in s)}
+        self.eval_splits = tuple(self.splits)
+        self.seq_len = 2 * cfg.context_pairs + 1
+        self.io = ModelIO(
+            n_ctx=self.seq_len, d_features=dim, n_labels=cfg.n_labels, d_vocab_out=cfg.n_labels
+        )
+
+    def _check_file_shape(self) -> None:
+        """The file's shape is authoritative: check the split sizes against it."""
+        cfg = self.cfg
+        n_classes, n_exemplars, _ = self.features.shape
+        where = f"{cfg.hdf5_path} holds features shaped {tuple(self.features.shape)}"
+        if cfg.n_train_classes + cfg.n_unseen_classes > n_classes:
+            raise ConfigError(
+                f"data.n_train_classes + data.n_unseen_classes = {cfg.n_train_classes} + "
+                f"{cfg.n_unseen_classes} exceeds the {n_classes} classes: {where}. Fix: "
+                "lower data.n_train_classes or data.n_unseen_classes, or use a file with more "
+                "classes."
+            )
+        if cfg.train_exemplars > n_exemplars:
+            raise ConfigError(
+                f"data.train_exemplars={cfg.train_exemplars} exceeds the {n_exemplars} exemplars "
+                f"per class: {where}. Fix: lower data.train_exemplars."
+            )
+
+    def sample(self, split: Split, n: int, g: torch.Generator) -> dict[str, Tensor]:
+        """n sequences from one split, vectorised over the batch."""
+        cfg = self.cfg
+        k, burst, n_dis = cfg.context_pairs, cfg.burstiness, cfg.n_distractor_classes
+        # A label pair in random order: ab[:, 0] labels the query class, ab[:, 1] the distractors.
+        pair = split.pairs[torch.randint(len(split.pairs), (n,), generator=g)]  # (n, 2)
+        flip = torch.randint(2, (n, 1), generator=g)  # (n, 1)
+        ab = pair.gather(1, torch.cat([flip, 1 - flip], dim=1))  # (n, 2)
+        # The query class (column 0) and distinct distractor classes.
+        keys = torch.rand(n, len(split.classes), generator=g)  # (n, split classes)
+        classes = split.classes[keys.topk(1 + n_dis, dim=1).indices]  # (n, 1 + n_dis)
+        # Context slots index `classes`: burst query items, each distractor once, then random ones.
+        slots = torch.cat(
+            [
+                torch.zeros(n, burst, dtype=torch.long),  # (n, burst)
+                torch.arange(1, 1 + n_dis).expand(n, n_dis),  # (n, n_dis)
+                torch.randint(1, 1 + n_dis, (n, k - burst - n_dis), generator=g),  # (n, rest)
+            ],
+            dim=1,
+        )  # (n, k)
+        slots = slots.gather(1, torch.rand(n, k, generator=g).argsort(dim=1))  # (n, k) shuffled
+        item_classes = torch.cat([classes.gather(1, slots), classes[:, :1]], dim=1)  # (n, k + 1)
+        item_labels = ab.gather(1, (slots > 0).long())  # (n, k)
+        pick = torch.randint(len(split.exemplars), (n, k + 1), generator=g)  # (n, k + 1)
+        item_exemplars = split.exemplars[pick]  # (n, k + 1)
+
+        features = self.features.new_zeros(n, self.seq_len, self.features.shape[-1])  # (n, T, D)
+        features[:, 0::2] = self.features[item_classes, item_exemplars]  # (n, k + 1, D)
+        labels = torch.full((n, self.seq_len), -1)  # (n, T)
+        labels[:, 1::2] = item_labels
+        ids = torch.empty(n, self.seq_len, dtype=torch.long)  # (n, T)
+        ids[:, 0::2] = item_classes
+        ids[:, 1::2] = self.n_classes + item_labels
+        return {"features": features, "labels": labels, "target": ab[:, 0], "ids": ids}
+
+    def train_batch(self, step: int) -> dict[str, Tensor]:
+        """The training batch of one step: a pure function of (seed, step)."""
+        g = generator(self.seed, "train", step)
+        return self.sample(self.splits["train"], self.cfg.batch_size, g)
+
+    def train_dataloader(self) -> DataLoader:
+        stream = BatchStream(
+            self.train_batch,
+            start_step=lambda: self.trainer.global_step if self.trainer is not None else 0,
+        )
+        return DataLoader(stream, batch_size=None, num_workers=0)
+
+    @cached_property
+    def eval_sets(self) -> dict[str, dict[str, Tensor]]:
+        """Fixed evaluation sequences per split, made once from the seed."""
+        return {
+            name: self.sample(split, self.cfg.eval_size, generator(self.seed, "eval", name))
+            for name, split in self.splits.items()
+        }
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            fixed_loader(self.eval_sets[name], self.cfg.eval_batch_size) for name in self.splits
+        ]
+
+    @cached_property
+    def _probe(self) -> dict[str, Tensor]:
+        return self.sample(self.splits["train"], self.cfg.probe_size, generator(self.seed, "probe"))
+
+    def probe_batch(self) -> dict[str, Tensor]:
+        """A small fixed batch of train-split sequences for attention probes."""
+        return dict(self._probe)

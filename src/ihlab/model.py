@@ -1,0 +1,227 @@
+"""A small decoder-only transformer with named activation sites (see sites.py).
+
+One model serves both data families: token sequences (an embedding table) and few-shot
+sequences whose exemplars are feature vectors (a linear embedding) and whose labels are tokens (a
+label table). Pre-LayerNorm blocks, a final norm, optional MLPs, learned / rotary / no positions,
+and Olsson et al.'s smeared keys. With no site requested the attention takes PyTorch's fused kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ihlab.data.base import ModelIO
+from ihlab.errors import ConfigError
+from ihlab.sites import NO_HOOKS, SiteHooks, check_sites, site_names
+
+
+class Positional(str, Enum):
+    learned = "learned"
+    rope = "rope"
+    none = "none"
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the transformer; input and output sizes come from the data (ModelIO)."""
+
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: int | None = None  # None: d_model // n_heads
+    attn_only: bool = True
+    d_mlp: int | None = None  # None: 4 * d_model
+    positional: Positional = Positional.learned
+    rope_base: float = 10000.0
+    smeared_keys: bool = False
+    norm: bool = True  # pre-LayerNorm in every block plus a final LayerNorm
+    bias: bool = False  # biases of q/k/v, output projection and MLP
+    unembed_bias: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("n_layers", "n_heads", "d_model"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1.")
+        if self.d_model % self.n_heads:
+            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}. "
+                f"Fix: set model.n_heads to a divisor of d_model {divisors} or change d_model."
+            )
+        if self.d_head is not None and self.d_head < 1:
+            raise ConfigError(
+                f"model.d_head={self.d_head} must be >= 1 (or null for d_model/n_heads)."
+            )
+        if self.positional == Positional.rope and self.head_dim % 2:
+            raise ConfigError(
+                f"model.positional=rope needs an even head dimension, got {self.head_dim}. "
+                "Fix: set model.d_head to an even number or use model.positional=learned."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding on the last axis of (batch, pos, head, d_head) tensors."""
+
+    def __init__(self, d_head: int, n_ctx: int, base: float) -> None:
+        super().__init__()
+        freqs = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # (d_head/2,)
+        angles = torch.outer(torch.arange(n_ctx, dtype=torch.float32), freqs)  # (n_ctx, d_head/2)
+        self.register_buffer("cos", angles.cos().repeat(1, 2), persistent=False)  # (n_ctx, d_head)
+        self.register_buffer("sin", angles.sin().repeat(1, 2), persistent=False)  # (n_ctx, d_head)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[1]
+        cos, sin = self.cos[:n, None, :], self.sin[:n, None, :]  # (pos, 1, d_head)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def smear_keys(k: Tensor, alpha: Tensor) -> Tensor:
+    """key_j <- sigmoid(alpha) key_j + (1 - sigmoid(alpha)) key_{j-1}, per head; key_0 unchanged."""
+    s = torch.sigmoid(alpha)[:, None]  # (head, 1)
+    smeared = s * k[:, 1:] + (1 - s) * k[:, :-1]  # (batch, pos-1, head, d_head)
+    return torch.cat([k[:, :1], smeared], dim=1)  # (batch, pos, head, d_head)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, rotary: Rotary | None) -> None:
+        super().__init__()
+        self.layer, self.n_heads, self.d_head = layer, cfg.n_heads, cfg.head_dim
+        self.prefix = f"blocks.{layer}.attn"
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.n_heads * cfg.head_dim, bias=cfg.bias)
+        self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.rotary = rotary
+        self.smear_alpha = nn.Parameter(torch.zeros(cfg.n_heads)) if cfg.smeared_keys else None
+
+    def forward(self, x: Tensor, hooks: SiteHooks) -> Tensor:
+        batch, n, _ = x.shape  # x: (batch, pos, d_model)
+        p = self.prefix
+        q, k, v = self.qkv(x).view(batch, n, 3, self.n_heads, self.d_head).unbind(2)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        if self.smear_alpha is not None:
+            k = smear_keys(k, self.smear_alpha)
+        q = hooks(f"{p}.q", q)  # (batch, pos, head, d_head)
+        k = hooks(f"{p}.k", k)  # (batch, pos, head, d_head)
+        v = hooks(f"{p}.v", v)  # (batch, pos, head, d_head)
+        if hooks.explicit_attention(self.layer):
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
+            future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)  # (query, key)
+            scores = hooks(f"{p}.scores", scores.masked_fill(future, float("-inf")))
+            pattern = hooks(f"{p}.pattern", scores.softmax(dim=-1))  # (batch, head, query, key)
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # (batch, pos, head, d_head)
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            ).transpose(1, 2)  # (batch, pos, head, d_head)
+        z = hooks(f"{p}.z", z)
+        return hooks(f"{p}.out", self.out(z.reshape(batch, n, -1)))  # (batch, pos, d_model)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_dim, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, rotary: Rotary | None) -> None:
+        super().__init__()
+        self.prefix = f"blocks.{layer}"
+        self.ln_attn = nn.LayerNorm(cfg.d_model) if cfg.norm else nn.Identity()
+        self.attn = Attention(cfg, layer, rotary)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model) if cfg.norm and not cfg.attn_only else nn.Identity()
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+
+    def forward(self, x: Tensor, hooks: SiteHooks) -> Tensor:
+        x = hooks(f"{self.prefix}.resid_pre", x)  # (batch, pos, d_model)
+        x = x + self.attn(self.ln_attn(x), hooks)
+        if self.mlp is not None:
+            x = x + hooks(f"{self.prefix}.mlp.out", self.mlp(self.ln_mlp(x)))
+        return hooks(f"{self.prefix}.resid_post", x)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer over tokens or (exemplar features, label tokens).
+
+    Inputs are a dict: {"tokens": (batch, pos)} or {"features": (batch, pos, d_features),
+    "labels": (batch, pos)} where labels are -1 at exemplar positions. Returns logits
+    (batch, pos, d_vocab_out).
+    """
+
+    def __init__(self, cfg: ModelConfig, io: ModelIO) -> None:
+        super().__init__()
+        self.cfg, self.io = cfg, io
+        if io.d_vocab is not None:
+            self.embed_tokens = nn.Embedding(io.d_vocab, cfg.d_model)
+        else:
+            if io.d_features is None or io.n_labels is None:
+                raise ValueError("ModelIO needs d_vocab, or d_features and n_labels.")
+            self.embed_features = nn.Linear(io.d_features, cfg.d_model)
+            self.embed_labels = nn.Embedding(io.n_labels, cfg.d_model)
+        learned = cfg.positional == Positional.learned
+        self.pos_embed = nn.Embedding(io.n_ctx, cfg.d_model) if learned else None
+        rotary = (
+            Rotary(cfg.head_dim, io.n_ctx, cfg.rope_base)
+            if cfg.positional == Positional.rope
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(cfg, layer, rotary) for layer in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model) if cfg.norm else nn.Identity()
+        self.unembed = nn.Linear(cfg.d_model, io.d_vocab_out, bias=cfg.unembed_bias)
+        self.sites = site_names(cfg.n_layers, cfg.attn_only, pos_embed=learned)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def embed(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Token or exemplar/label embedding, (batch, pos, d_model)."""
+        if "tokens" in inputs:
+            return self.embed_tokens(inputs["tokens"])
+        labels = inputs["labels"]  # (batch, pos), -1 at exemplar positions
+        exemplars = self.embed_features(inputs["features"])  # (batch, pos, d_model)
+        label_vecs = self.embed_labels(labels.clamp(min=0))  # (batch, pos, d_model)
+        return torch.where((labels >= 0)[..., None], label_vecs, exemplars)
+
+    def forward(self, inputs: dict[str, Tensor], hooks: SiteHooks = NO_HOOKS) -> Tensor:
+        x = hooks("embed", self.embed(inputs))  # (batch, pos, d_model)
+        if self.pos_embed is not None:
+            batch, n = x.shape[:2]
+            pos = self.pos_embed.weight[:n].expand(batch, n, -1)  # (batch, pos, d_model)
+            x = x + hooks("pos_embed", pos)
+        for block in self.blocks:
+            x = block(x, hooks)
+        return hooks("logits", self.unembed(self.ln_final(x)))  # (batch, pos, d_vocab_out)
+
+    def run_with_cache(
+        self, inputs: dict[str, Tensor], names: list[str] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward that returns the logits and the requested sites (all sites if None)."""
+        names = self.sites if names is None else names
+        check_sites(names, self.sites)
+        hooks = SiteHooks(cache=names)
+        logits = self(inputs, hooks)
+        return logits, hooks.cache

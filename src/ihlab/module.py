@@ -1,0 +1,195 @@
+"""The LightningModule: trains the transformer and measures what the papers measure.
+
+Token data (repeated random tokens) trains next-token prediction at every position and reports the
+loss on the first vs repeated segment and the ICL score. Few-shot data trains only at the query and
+reports loss and accuracy per evaluation split. Every `score_every` steps, on the datamodule's fixed
+probe batch, each head's previous-token and prefix-matching scores are logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from ihlab.data.base import ModelIO
+from ihlab.metrics.heads import head_scores
+from ihlab.metrics.loss_profile import PositionalLoss
+from ihlab.model import ModelConfig, Transformer
+from ihlab.optim import OptimConfig, build_optimizer, lr_factor
+from ihlab.outputs import log_head_scores
+from ihlab.sites import SiteHooks
+
+
+class LabModule(L.LightningModule):
+    """Training, evaluation and head scoring of one `Transformer` on one data family.
+
+    The datamodule supplies what depends on the data: `eval_splits`, `probe_batch()` and, for
+    token data, `target_masks()` and `icl_positions()` (overridden by `icl_positions` here).
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        optim_cfg: OptimConfig,
+        io: ModelIO,
+        eval_splits: tuple[str, ...],
+        max_steps: int,
+        batch_size: int,
+        score_every: int,
+        log_every: int = 10,
+        icl_positions: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = Transformer(model_cfg, io)
+        self.optim_cfg, self.max_steps, self.batch_size = optim_cfg, max_steps, batch_size
+        self.score_every, self.log_every = score_every, log_every
+        self.token_task = io.d_vocab is not None
+        self.eval_splits = eval_splits
+        self.icl_positions = icl_positions
+        self.eval_metrics = torch.nn.ModuleDict(
+            {f"split_{s}": self._split_metrics(io.n_ctx) for s in eval_splits}
+        )
+        self.masks: dict[str, Tensor] = {}
+
+    def _split_metrics(self, n_ctx: int) -> torch.nn.ModuleDict:
+        """Running loss and accuracy of one evaluation split (+ the loss profile for tokens)."""
+        metrics = {"loss": MeanMetric(), "acc": MeanMetric()}
+        if self.token_task:
+            metrics["profile"] = PositionalLoss(n_ctx - 1)
+        return torch.nn.ModuleDict(metrics)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if self.token_task:
+            self.masks = dm.target_masks()
+            if self.icl_positions is None:
+                self.icl_positions = dm.icl_positions()
+        self.probe = dm.probe_batch()
+
+    # forward and losses
+
+    def forward(self, inputs: dict[str, Tensor], hooks: SiteHooks | None = None) -> Tensor:
+        return self.model(inputs) if hooks is None else self.model(inputs, hooks)
+
+    def model_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the model reads: the tokens but the last for token data, else the whole sequence."""
+        if self.token_task:
+            return {"tokens": batch["tokens"][:, :-1]}
+        return {"features": batch["features"], "labels": batch["labels"]}
+
+    def predict(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits and targets where the loss is taken: every next token, or the few-shot query.
+
+        Returns (batch, pos, d_vocab_out) and (batch, pos) for tokens; (batch, n_labels) and
+        (batch,) for few-shot sequences.
+        """
+        logits = self(self.model_inputs(batch))  # (batch, pos, d_vocab_out)
+        if self.token_task:
+            return logits, batch["tokens"][:, 1:]
+        return logits[:, -1], batch["target"]
+
+    @staticmethod
+    def token_losses(logits: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy of every target, shaped like `targets`."""
+        loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none")
+        return loss.view(targets.shape)
+
+    # training
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits, targets = self.predict(batch)
+        token_loss = self.token_losses(logits, targets)
+        loss = token_loss.mean()
+        if self.global_step % self.log_every == 0:
+            self.log_train_metrics(token_loss.detach(), logits.detach().argmax(-1) == targets)
+        return loss
+
+    def log_train_metrics(self, token_loss: Tensor, correct: Tensor) -> None:
+        """Training scalars of the current batch, measured before this step's update."""
+        metrics = {"train/loss": token_loss.mean()}
+        if self.token_task:
+            for region, mask in self.masks.items():
+                metrics[f"train/loss_{region}"] = token_loss[:, mask].mean()
+        else:
+            metrics["train/acc"] = correct.float().mean()
+        if self.optim_cfg.scheduled:
+            metrics["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
+        self.send(metrics)
+
+    def send(self, metrics: dict[str, Tensor]) -> None:
+        """Log scalars to every logger at the current step (optimizer updates applied so far)."""
+        values = {k: float(v) for k, v in metrics.items()}
+        values["sequences"] = float(self.global_step * self.batch_size)
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.parameters(), self.optim_cfg)
+        if not self.optim_cfg.scheduled:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, self.optim_cfg, self.max_steps)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # evaluation
+
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        split = self.eval_metrics[f"split_{self.eval_splits[dataloader_idx]}"]
+        logits, targets = self.predict(batch)
+        token_loss = self.token_losses(logits, targets)
+        split["loss"].update(token_loss)
+        split["acc"].update((logits.argmax(dim=-1) == targets).float())
+        if self.token_task:
+            split["profile"].update(token_loss)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, Tensor] = {}
+        for split in self.eval_splits:
+            prefix = "eval" if len(self.eval_splits) == 1 else f"eval/{split}"
+            running = self.eval_metrics[f"split_{split}"]
+            metrics[f"{prefix}/loss"] = running["loss"].compute()
+            metrics[f"{prefix}/acc"] = running["acc"].compute()
+            if self.token_task:
+                profile = running["profile"].compute()  # (pos,)
+                for region, mask in self.masks.items():
+                    metrics[f"{prefix}/loss_{region}"] = profile[mask.to(profile.device)].mean()
+                early, late = self.icl_positions
+                metrics[f"{prefix}/icl_score"] = profile[late] - profile[early]
+            for metric in running.values():
+                metric.reset()
+        self.send(metrics)
+
+    # head scores
+
+    def on_train_start(self) -> None:
+        if self.global_step == 0:
+            self.score_heads()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.score_every > 0 and self.global_step % self.score_every == 0:
+            self.score_heads()
+
+    @torch.no_grad()
+    def score_heads(self) -> dict[str, Tensor]:
+        """Score every head on the probe batch and send the scores to the loggers."""
+        probe = {k: v.to(self.device) for k, v in self.probe.items()}
+        inputs, ids = self.model_inputs(probe), probe["ids"]
+        if self.token_task:
+            ids = ids[:, :-1]
+        names = [f"blocks.{layer}.attn.pattern" for layer in range(len(self.model.blocks))]
+        _, cache = self.model.run_with_cache(inputs, names)
+        scores = head_scores([cache[n] for n in names], ids)  # name -> (layer, head)
+        log_head_scores(self.loggers, scores, self.global_step)
+        return scores

@@ -1,0 +1,139 @@
+"""A run's outputs: `metrics.csv`, `summary.json`, and the W&B run (DESIGN.md output contract)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+FIRST_COLUMNS = ("step", "sequences")
+
+
+class MetricsCSV(Logger):
+    """Every logged scalar in one CSV: one row per logging step, columns `step`, `sequences` first.
+
+    Rows are merged by step (train and eval metrics of the same step share a row) and the file is
+    rewritten on every save, so new columns can appear at any step. An existing file in the run
+    directory is read first, so a run resumed in place keeps its earlier rows (`truncate_after`).
+    """
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        super().__init__()
+        self.path, self.batch_size = Path(path), batch_size
+        self.rows: dict[int, dict[str, float]] = {}
+        if self.path.exists():
+            with self.path.open() as f:
+                for row in csv.DictReader(f):
+                    step = int(row["step"])
+                    self.rows[step] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+
+    @property
+    def name(self) -> str:
+        return "metrics_csv"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows after `step`: a resumed run rewrites them."""
+        self.rows = {s: r for s, r in self.rows.items() if s <= step}
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters live in `.hydra/config.yaml`, not in the CSV."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None:
+            raise ValueError("MetricsCSV needs the step of every logged metric.")
+        row = self.rows.setdefault(int(step), {})
+        row.update({k: float(v) for k, v in metrics.items() if k != "epoch"})
+        row["step"], row["sequences"] = int(step), int(step) * self.batch_size
+
+    @rank_zero_only
+    def save(self) -> None:
+        keys = sorted({k for row in self.rows.values() for k in row} - set(FIRST_COLUMNS))
+        columns = [*FIRST_COLUMNS, *keys]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for step in sorted(self.rows):
+                writer.writerow({k: _fmt(v) for k, v in self.rows[step].items()})
+        tmp.replace(self.path)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+def _fmt(value: float) -> str | int:
+    return value if isinstance(value, int) else repr(float(value))
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """Rows of a metrics.csv as dicts of floats (empty cells left out)."""
+    with Path(path).open() as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
+    """`heads/{score}/L{layer}H{head}` -> value, for every head of every (layer, head) score map."""
+    return {
+        f"heads/{name}/L{layer}H{head}": float(value)
+        for name, grid in scores.items()
+        for layer, row in enumerate(grid.tolist())
+        for head, value in enumerate(row)
+    }
+
+
+def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
+    """One panel per score: layers down, heads across, values in [0, 1]."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], scores.items(), strict=True):
+        image = ax.imshow(grid.cpu().numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set(title=f"{name} (step {step})", xlabel="head", ylabel="layer")
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def log_head_scores(loggers: Iterable[Logger], scores: Mapping[str, Tensor], step: int) -> None:
+    """Per-head scalars to every logger, and the heatmap image to W&B."""
+    scalars = head_scalars(scores)
+    for logger in loggers:
+        logger.log_metrics(scalars, step=step)
+        if isinstance(logger, WandbLogger):
+            fig = heatmap_figure(scores, step)
+            logger.log_image("heads/heatmap", [fig], step=step)
+            plt.close(fig)
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    """summary.json, with NaN/inf written as null so any JSON reader accepts it."""
+    Path(path).write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,234 @@
+"""`ihlab-train`: the Hydra app that trains one run (or one job of a multirun).
+
+    ihlab-train                                # experiment=induction_2l, W&B offline, CPU
+    ihlab-train experiment=fewshot_fast seed=3
+    ihlab-train -m experiment=smeared_1l,plain_1l seed=0,1,2
+    ihlab-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+
+The config root is the repository's `conf/` (or the copy packaged with ihlab), whatever the current
+directory. Each run writes `.hydra/`, `metrics.csv`, `summary.json`, `checkpoints/` and the W&B run
+folder to its Hydra run directory. A run that fails still leaves its log, its metrics so far, a
+`summary.json` saying why, and a checkpoint; in a multirun, a failed job does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
+from ihlab.data import FewShotConfig, make_datamodule
+from ihlab.dynamics import learning_time
+from ihlab.errors import ConfigError
+from ihlab.module import LabModule
+from ihlab.outputs import MetricsCSV, read_metrics, write_summary
+from ihlab.seeding import derive_seed
+
+log = logging.getLogger("ihlab.train")
+
+
+def config_dir() -> str:
+    """conf/ packaged inside ihlab (wheel installs) or at the repository root (source checkouts)."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.Trainer:
+    t = config.trainer
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="step={step:06d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=t.checkpoint_every,
+            save_top_k=-1,
+            save_last=True,
+        ),
+        OnExceptionCheckpoint(dirpath=run_dir / "checkpoints", filename="on_exception"),
+    ]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=t.progress_refresh))
+    return L.Trainer(
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        val_check_interval=t.eval_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=run_dir,
+    )
+
+
+def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> Any:
+    from lightning.pytorch.loggers import WandbLogger
+
+    w = config.wandb
+    logger = WandbLogger(
+        name=config.run_name,
+        group=config.group,
+        job_type=w.job_type,
+        project=w.project,
+        entity=w.entity,
+        tags=list(w.tags),
+        save_dir=str(run_dir),
+        mode=w.mode.value,
+        config=resolved,
+    )
+    run = logger.experiment
+    resolved_yaml = run_dir / ".hydra" / "resolved.yaml"
+    if resolved_yaml.exists():
+        run.save(str(resolved_yaml), base_path=str(resolved_yaml.parent), policy="now")
+    return logger
+
+
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a Lightning checkpoint was saved at."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) -> dict[str, Any]:
+    """Final, best and learning-time metrics read back from metrics.csv."""
+    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    final: dict[str, float] = {}
+    for row in rows:
+        final.update({k: v for k, v in row.items() if not k.startswith("heads/")})
+    best = {k: max(r[k] for r in rows if k in r) for k in final if k.endswith("/acc")}
+    if isinstance(config.data, FewShotConfig):
+        metric, threshold = "eval/train/loss", 0.4 * math.log(2)
+    else:
+        metric, threshold = "eval/loss_repeat", 0.1 * math.log(config.data.vocab_size)
+    curve = [(int(r["step"]), r[metric]) for r in rows if metric in r]
+    return {
+        "name": config.name,
+        "condition": config.condition,
+        "seed": config.seed,
+        "run_dir": str(run_dir),
+        "steps": steps,
+        "sequences": steps * config.data.batch_size,
+        "wall_time_s": seconds,
+        "final": final,
+        "best": best,
+        "learning_time": {
+            "metric": metric,
+            "threshold": threshold,
+            "step": learning_time([s for s, _ in curve], [v for _, v in curve], threshold),
+        },
+    }
+
+
+def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Train one run into `run_dir` and return its summary (also written to summary.json)."""
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = make_datamodule(config.data, config.seed)
+    torch.manual_seed(derive_seed(config.seed, "init"))
+    icl = (config.trainer.icl_early, config.trainer.icl_late)
+    module = LabModule(
+        config.model,
+        config.optim,
+        datamodule.io,
+        eval_splits=datamodule.eval_splits,
+        max_steps=config.trainer.max_steps,
+        batch_size=config.data.batch_size,
+        score_every=config.trainer.score_every,
+        log_every=config.trainer.log_every,
+        icl_positions=None if None in icl else icl,
+    )
+    csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
+    start_step = 0
+    if config.ckpt_path is not None:
+        start_step = checkpoint_step(config.ckpt_path)
+        csv_logger.truncate_after(start_step)
+    loggers: list[Any] = [csv_logger]
+    if config.wandb.mode != WandbMode.disabled:
+        loggers.append(make_wandb_logger(config, run_dir, resolved))
+    trainer = build_trainer(config, run_dir, loggers)
+    fit_started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+    finally:
+        csv_logger.save()
+    fit_seconds = time.perf_counter() - fit_started
+    summary = summarize(config, run_dir, trainer.global_step, time.perf_counter() - started)
+    summary.update(
+        status="completed",
+        resumed_from=config.ckpt_path,
+        steps_per_sec=(trainer.global_step - start_step) / fit_seconds,
+    )
+    write_summary(run_dir / "summary.json", summary)
+    for logger in loggers[1:]:
+        logger.experiment.summary.update(
+            {
+                "learning_time": summary["learning_time"]["step"],
+                "steps_per_sec": summary["steps_per_sec"],
+            }
+        )
+        logger.experiment.finish()
+    return summary
+
+
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:
+    """Validate, train, and record failures; in a multirun a failure is logged, not raised."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        config = to_train_config(cfg)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        write_summary(run_dir / "summary.json", {"status": "config_error", "error": str(err)})
+        if multirun:
+            return None
+        raise SystemExit(f"ihlab-train: config error: {err}") from None
+    try:
+        return train(config, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    except Exception as err:
+        log.exception("run failed")
+        write_summary(
+            run_dir / "summary.json",
+            {
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "name": config.name,
+                "condition": config.condition,
+                "seed": config.seed,
+                "run_dir": str(run_dir),
+            },
+        )
+        if multirun:
+            return None
+        raise
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    hydra_cfg = HydraConfig.get()
+    return run_job(
+        cfg, Path(hydra_cfg.runtime.output_dir), multirun=hydra_cfg.mode == RunMode.MULTIRUN
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Few-shot data: sequence rule, splits without leaks, determinism, HDF5 features, validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from ihlab.data import BatchStream, FeatureSource, FewShotConfig, FewShotDataModule
+from ihlab.errors import ConfigError
+
+CFG = FewShotConfig(
+    n_classes=40,
+    n_exemplars=4,
+    feature_dim=8,
+    n_train_classes=10,
+    n_unseen_classes=12,
+    train_exemplars=2,
+    n_labels=5,
+    n_holdout_pairs=3,
+    context_pairs=6,
+    burstiness=2,
+    n_distractor_classes=2,
+    batch_size=64,
+    eval_size=300,
+    eval_batch_size=128,
+    probe_size=16,
+)
+K = CFG.context_pairs
+
+
+@pytest.fixture(scope="module")
+def dm() -> FewShotDataModule:
+    return FewShotDataModule(CFG, seed=3)
+
+
+def decode(dm: FewShotDataModule, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Item classes, exemplar indices (found by matching feature vectors) and context labels."""
+    classes = batch["ids"][:, 0::2]  # (n, K + 1)
+    items = batch["features"][:, 0::2]  # (n, K + 1, D)
+    match = (dm.features[classes] == items[:, :, None]).all(-1)  # (n, K + 1, exemplars)
+    assert (match.sum(-1) == 1).all(), "every item is exactly one exemplar of its class"
+    labels = batch["labels"][:, 1::2]  # (n, K)
+    return {"classes": classes, "exemplars": match.int().argmax(-1), "labels": labels}
+
+
+def pairs_used(batch: dict[str, Tensor]) -> set[tuple[int, int]]:
+    """The unordered label pair of every sequence."""
+    labels = batch["labels"][:, 1::2]  # (n, K)
+    return {(int(row.min()), int(row.max())) for row in labels}
+
+
+def as_set(pairs: Tensor) -> set[tuple[int, int]]:
+    return {tuple(p) for p in pairs.tolist()}
+
+
+def test_shapes_and_layout(dm: FewShotDataModule) -> None:
+    b = dm.train_batch(0)
+    n, t, d = CFG.batch_size, 2 * K + 1, CFG.feature_dim
+    assert b["features"].shape == (n, t, d) and b["features"].dtype == torch.float32
+    assert b["labels"].shape == b["ids"].shape == (n, t)
+    assert b["target"].shape == (n,)
+    assert all(b[key].dtype == torch.long for key in ("labels", "ids", "target"))
+    assert (b["features"][:, 1::2] == 0).all()
+    assert (b["labels"][:, 0::2] == -1).all()
+    assert ((b["labels"][:, 1::2] >= 0) & (b["labels"][:, 1::2] < CFG.n_labels)).all()
+    assert torch.equal(b["ids"][:, 1::2], CFG.n_classes + b["labels"][:, 1::2])
+    assert (dm.io.n_ctx, dm.io.d_features, dm.io.n_labels, dm.io.d_vocab_out) == (t, d, 5, 5)
+
+
+def test_target_is_the_label_of_the_query_class(dm: FewShotDataModule) -> None:
+    b = dm.train_batch(1)
+    items = decode(dm, b)
+    query = items["classes"][:, -1:]  # (n, 1)
+    is_query = items["classes"][:, :-1] == query  # (n, K)
+    target = b["target"][:, None].expand(-1, K)  # (n, K)
+    assert (items["labels"][is_query] == target[is_query]).all()
+    others = items["labels"][~is_query].view(-1, K - CFG.burstiness)  # (n, K - burstiness)
+    assert (others == others[:, :1]).all(), "all distractors share the other label"
+    assert (others[:, 0] != b["target"]).all()
+    assert (is_query.sum(1) == CFG.burstiness).all()
+    distractors = items["classes"][:, :-1][~is_query].view(-1, K - CFG.burstiness)
+    assert all(len(set(row.tolist())) == CFG.n_distractor_classes for row in distractors)
+    # Both orders of a pair occur: the pair -> (query, distractor) assignment is random.
+    assert (b["target"] == items["labels"].min(1).values).any()
+    assert (b["target"] == items["labels"].max(1).values).any()
+
+
+def test_training_never_leaks_held_out_data(dm: FewShotDataModule) -> None:
+    train_classes = set(dm.train_classes.tolist())
+    held_vectors = dm.features[:, dm.heldout_exemplars].reshape(-1, CFG.feature_dim)  # (m, D)
+    for step in range(40):
+        b = dm.train_batch(step)
+        assert set(b["ids"][:, 0::2].flatten().tolist()) <= train_classes
+        items = b["features"][:, 0::2].reshape(-1, CFG.feature_dim)  # (n * (K + 1), D)
+        assert not (items[:, None] == held_vectors[None]).all(-1).any()
+        assert pairs_used(b) <= as_set(dm.train_pairs)
+
+
+def test_splits_are_disjoint_and_complete(dm: FewShotDataModule) -> None:
+    assert not set(dm.train_classes.tolist()) & set(dm.unseen_classes.tolist())
+    assert len(dm.train_classes) == CFG.n_train_classes
+    assert len(dm.unseen_classes) == CFG.n_unseen_classes
+    assert len(as_set(dm.train_pairs) | as_set(dm.heldout_pairs)) == 10
+    assert len(dm.heldout_pairs) == CFG.n_holdout_pairs
+    assert dm.eval_splits == ("train", "heldout_pairs", "heldout_exemplars", "unseen_classes")
+
+
+def test_each_eval_split_uses_only_its_own_data(dm: FewShotDataModule) -> None:
+    train, unseen = set(dm.train_classes.tolist()), set(dm.unseen_classes.tolist())
+    n_train_ex = CFG.train_exemplars
+    expected = {
+        "train": (train, set(range(n_train_ex)), as_set(dm.train_pairs)),
+        "heldout_pairs": (train, set(range(n_train_ex)), as_set(dm.heldout_pairs)),
+        "heldout_exemplars": (train, set(range(n_train_ex, 4)), as_set(dm.train_pairs)),
+        "unseen_classes": (unseen, set(range(4)), as_set(dm.train_pairs)),
+    }
+    loaders = dm.val_dataloader()
+    assert len(loaders) == len(dm.eval_splits)
+    for name, loader in zip(dm.eval_splits, loaders, strict=True):
+        batches = list(loader)
+        assert [len(b["target"]) for b in batches] == [128, 128, 44]
+        b = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
+        items = decode(dm, b)
+        classes, exemplars, pairs = expected[name]
+        assert set(items["classes"].flatten().tolist()) == classes, name
+        assert set(items["exemplars"].flatten().tolist()) == exemplars, name
+        assert pairs_used(b) == pairs, name
+
+
+def test_empty_eval_splits_are_left_out() -> None:
+    cfg = replace(CFG, n_unseen_classes=0, n_holdout_pairs=0, train_exemplars=4)
+    dm = FewShotDataModule(cfg, seed=0)
+    assert dm.eval_splits == ("train",)
+    assert len(dm.val_dataloader()) == 1
+
+
+def test_determinism_and_resumed_stream(dm: FewShotDataModule) -> None:
+    same = FewShotDataModule(CFG, seed=3)
+    for key, value in dm.train_batch(9).items():
+        assert torch.equal(value, same.train_batch(9)[key])
+    assert not torch.equal(dm.train_batch(9)["features"], dm.train_batch(10)["features"])
+    assert torch.equal(
+        dm.eval_sets["unseen_classes"]["ids"], same.eval_sets["unseen_classes"]["ids"]
+    )
+    assert torch.equal(dm.probe_batch()["features"], same.probe_batch()["features"])
+    other = FewShotDataModule(CFG, seed=4)
+    assert not torch.equal(dm.features, other.features)
+    assert not torch.equal(dm.train_classes, other.train_classes)
+
+    from_zero = list(islice(BatchStream(dm.train_batch, lambda: 0), 4))
+    from_two = list(islice(BatchStream(dm.train_batch, lambda: 2), 2))
+    assert torch.equal(from_two[0]["ids"], from_zero[2]["ids"])
+    assert torch.equal(from_two[1]["features"], from_zero[3]["features"])
+    first = next(iter(dm.train_dataloader()))
+    assert torch.equal(first["features"], from_zero[0]["features"])
+
+
+def test_probe_batch_is_train_split(dm: FewShotDataModule) -> None:
+    probe = dm.probe_batch()
+    assert probe["features"].shape == (CFG.probe_size, 2 * K + 1, CFG.feature_dim)
+    assert set(probe["ids"][:, 0::2].flatten().tolist()) <= set(dm.train_classes.tolist())
+    assert pairs_used(probe) <= as_set(dm.train_pairs)
+
+
+def test_gaussian_features_cluster_by_class() -> None:
+    cfg = FewShotConfig(n_classes=200, n_exemplars=5, feature_dim=64, epsilon=0.1)
+    features = FewShotDataModule(cfg, seed=0).features  # (classes, exemplars, dim)
+    assert features.shape == (200, 5, 64)
+    sq_norm = features.pow(2).sum(-1).mean()  # E|x|^2 = 1 + epsilon^2
+    assert abs(float(sq_norm) - 1.01) < 0.05
+    spread = (features - features.mean(1, keepdim=True)).pow(2).sum(-1).mean()  # ~ 0.8 eps^2
+    assert abs(float(spread) - 0.8 * 0.01) < 0.002
+
+
+def test_hdf5_round_trip(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).normal(size=(30, 3, 6))
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("omniglot", data=array)
+    cfg = FewShotConfig(
+        features=FeatureSource.hdf5,
+        hdf5_path=str(path),
+        hdf5_dataset="omniglot",
+        n_train_classes=10,
+        n_unseen_classes=20,
+    )
+    dm = FewShotDataModule(cfg, seed=0)
+    assert dm.features.dtype == torch.float32
+    assert torch.equal(dm.features, torch.from_numpy(array.astype(np.float32)))
+    assert dm.io.d_features == 6 and dm.n_classes == 30  # the file wins over cfg.n_classes
+    label_ids = dm.train_batch(0)["ids"][:, 1::2]  # (batch, K)
+    assert (label_ids >= 30).all() and (label_ids < 30 + cfg.n_labels).all()
+
+
+def test_hdf5_errors_name_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(ConfigError, match=r"data\.hdf5_path") as info:
+        FewShotConfig(features=FeatureSource.hdf5, hdf5_path=str(missing))
+    assert str(missing.resolve()) in str(info.value)
+    with pytest.raises(ConfigError, match=r"data\.hdf5_path"):
+        FewShotConfig(features=FeatureSource.hdf5)
+
+    path = tmp_path / "small.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.zeros((20, 3, 4)))
+        f.create_dataset("flat", data=np.zeros((20, 4)))
+    cfg = FewShotConfig(features=FeatureSource.hdf5, hdf5_path=str(path))  # 50 + 100 > 20
+    with pytest.raises(ConfigError, match=r"data\.n_train_classes"):
+        FewShotDataModule(cfg, seed=0)
+    for name, key in [("flat", "data.hdf5_dataset"), ("absent", "data.hdf5_dataset")]:
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            FewShotDataModule(replace(cfg, hdf5_dataset=name), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"burstiness": 2}, "data.burstiness"),
+        ({"burstiness": 0}, "data.burstiness"),
+        ({"context_pairs": 1}, "data.context_pairs"),
+        ({"n_holdout_pairs": 10}, "data.n_holdout_pairs"),
+        ({"context_pairs": 3, "n_distractor_classes": 3}, "data.n_distractor_classes"),
+        ({"n_train_classes": 1}, "data.n_train_classes"),
+        ({"n_unseen_classes": 1700}, "data.n_unseen_classes"),
+        ({"train_exemplars": 6}, "data.train_exemplars"),
+        ({"n_labels": 1}, "data.n_labels"),
+        ({"epsilon": -0.1}, "data.epsilon"),
+        ({"features": "images"}, "data.features"),
+    ],
+)
+def test_bad_config_names_the_key(changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        FewShotConfig(**changes)
+
+
+def test_structured_config_round_trip() -> None:
+    conf = OmegaConf.merge(OmegaConf.structured(FewShotConfig), {"features": "gaussian"})
+    cfg = OmegaConf.to_object(conf)
+    assert cfg == FewShotConfig() and cfg.features is FeatureSource.gaussian

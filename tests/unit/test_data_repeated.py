@@ -1,0 +1,149 @@
+"""Repeated-token data: layout, determinism, resumable stream, target masks, fixed eval set."""
+
+from __future__ import annotations
+
+import re
+from itertools import islice
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ihlab.data import (
+    BatchStream,
+    FewShotConfig,
+    FewShotDataModule,
+    RepeatedTokensConfig,
+    RepeatedTokensDataModule,
+    make_datamodule,
+)
+from ihlab.errors import ConfigError
+
+CFG = RepeatedTokensConfig(
+    vocab_size=16, prefix_len=3, segment_len=5, n_repeats=2, bos=True, batch_size=8, eval_size=20
+)
+
+
+@pytest.fixture
+def dm() -> RepeatedTokensDataModule:
+    return RepeatedTokensDataModule(CFG, seed=7)
+
+
+def test_shapes_dtypes_and_io(dm: RepeatedTokensDataModule) -> None:
+    tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
+    assert CFG.seq_len == 1 + 3 + 5 * 3
+    assert tokens.shape == (CFG.batch_size, CFG.seq_len)
+    assert tokens.dtype == torch.long
+    assert dm.io.n_ctx == CFG.seq_len
+    assert dm.io.d_vocab == dm.io.d_vocab_out == CFG.vocab_size + 1
+    assert dm.eval_splits == ("eval",)
+
+
+def test_bos_only_at_position_zero(dm: RepeatedTokensDataModule) -> None:
+    tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
+    assert (tokens[:, 0] == CFG.vocab_size).all()
+    assert (tokens[:, 1:] < CFG.vocab_size).all() and (tokens >= 0).all()
+
+    no_bos = RepeatedTokensConfig(vocab_size=16, segment_len=5)
+    tokens = RepeatedTokensDataModule(no_bos, seed=7).train_batch(0)["tokens"]  # (batch, seq)
+    assert tokens.shape[1] == no_bos.seq_len == 10
+    assert (tokens < no_bos.vocab_size).all()
+
+
+def test_repeats_equal_first_occurrence(dm: RepeatedTokensDataModule) -> None:
+    tokens = dm.train_batch(3)["tokens"]  # (batch, seq)
+    start, s = 1 + CFG.prefix_len, CFG.segment_len
+    first = tokens[:, start : start + s]  # (batch, segment)
+    for r in range(1, 1 + CFG.n_repeats):
+        assert torch.equal(tokens[:, start + r * s : start + (r + 1) * s], first)
+    # Segments differ across sequences: the data is random, not one fixed pattern.
+    assert len({tuple(row.tolist()) for row in first}) > 1
+
+
+def test_batches_are_a_function_of_seed_and_step(dm: RepeatedTokensDataModule) -> None:
+    same = RepeatedTokensDataModule(CFG, seed=7)
+    assert torch.equal(dm.train_batch(5)["tokens"], same.train_batch(5)["tokens"])
+    assert not torch.equal(dm.train_batch(5)["tokens"], dm.train_batch(6)["tokens"])
+    other_seed = RepeatedTokensDataModule(CFG, seed=8)
+    assert not torch.equal(dm.train_batch(5)["tokens"], other_seed.train_batch(5)["tokens"])
+
+
+def test_stream_resumes_at_start_step(dm: RepeatedTokensDataModule) -> None:
+    from_zero = [b["tokens"] for b in islice(BatchStream(dm.train_batch, lambda: 0), 6)]
+    from_four = [b["tokens"] for b in islice(BatchStream(dm.train_batch, lambda: 4), 2)]
+    assert torch.equal(from_four[0], from_zero[4])
+    assert torch.equal(from_four[1], from_zero[5])
+
+
+def test_train_dataloader_reads_global_step_at_first_batch(dm: RepeatedTokensDataModule) -> None:
+    assert torch.equal(next(iter(dm.train_dataloader()))["tokens"], dm.train_batch(0)["tokens"])
+    dm.trainer = SimpleNamespace(global_step=0)
+    batches = iter(dm.train_dataloader())
+    dm.trainer.global_step = 3  # restored from a checkpoint after the iterator was built
+    assert torch.equal(next(batches)["tokens"], dm.train_batch(3)["tokens"])
+    assert torch.equal(next(batches)["tokens"], dm.train_batch(4)["tokens"])
+
+
+def test_target_masks_partition_and_first_positions(dm: RepeatedTokensDataModule) -> None:
+    masks = dm.target_masks()
+    first, repeat = masks["first"], masks["repeat"]  # (seq - 1,), (seq - 1,)
+    assert first.shape == repeat.shape == (CFG.seq_len - 1,)
+    assert first.dtype == repeat.dtype == torch.bool
+    assert (first ^ repeat).all()
+    # BOS -> token 1, the prefix, the first occurrence and the first token of the first repeat.
+    n_first = 1 + CFG.prefix_len + CFG.segment_len
+    assert first.nonzero().flatten().tolist() == list(range(n_first))
+    # Every "repeat" target is the token one segment earlier: copying predicts it.
+    tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
+    t = repeat.nonzero().flatten()  # (n_repeat,)
+    assert torch.equal(tokens[:, t + 1], tokens[:, t + 1 - CFG.segment_len])
+    assert len(t) == CFG.segment_len * CFG.n_repeats - 1
+
+
+def test_icl_positions(dm: RepeatedTokensDataModule) -> None:
+    early, late = dm.icl_positions()
+    masks = dm.target_masks()
+    start = 1 + CFG.prefix_len
+    assert (
+        start <= early and early + 1 < start + CFG.segment_len
+    )  # predicts a first-occurrence token
+    assert masks["first"][early] and masks["repeat"][late]
+    assert late == CFG.seq_len - 2
+
+
+def test_eval_set_fixed_and_probe(dm: RepeatedTokensDataModule) -> None:
+    (loader,) = dm.val_dataloader()
+    first = torch.cat([b["tokens"] for b in loader])  # (eval_size, seq)
+    again = torch.cat([b["tokens"] for b in dm.val_dataloader()[0]])  # (eval_size, seq)
+    fresh = RepeatedTokensDataModule(CFG, seed=7).eval_set["tokens"]  # (eval_size, seq)
+    assert first.shape == (CFG.eval_size, CFG.seq_len)
+    assert torch.equal(first, again) and torch.equal(first, fresh)
+    assert next(iter(loader))["tokens"].shape[0] == min(CFG.eval_batch_size, CFG.eval_size)
+
+    probe = dm.probe_batch()
+    assert probe["tokens"].shape == (CFG.probe_size, CFG.seq_len)
+    assert torch.equal(probe["ids"], probe["tokens"])
+    assert torch.equal(probe["tokens"], RepeatedTokensDataModule(CFG, seed=7).probe_batch()["ids"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("vocab_size", 1), ("segment_len", 1), ("n_repeats", 0), ("prefix_len", -1), ("eval_size", 0)],
+)
+def test_bad_config_names_the_key(field: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"data.{field}=")):
+        RepeatedTokensConfig(**{field: value})
+
+
+def test_structured_config_round_trip() -> None:
+    cfg = OmegaConf.to_object(OmegaConf.structured(CFG))
+    assert cfg == CFG
+
+
+def test_make_datamodule_dispatches_on_config_type() -> None:
+    assert isinstance(make_datamodule(CFG, seed=0), RepeatedTokensDataModule)
+    small = FewShotConfig(n_classes=20, feature_dim=4, n_train_classes=5, n_unseen_classes=5)
+    assert isinstance(make_datamodule(small, seed=0), FewShotDataModule)
+    with pytest.raises(TypeError):
+        make_datamodule({"vocab_size": 16}, seed=0)  # type: ignore[arg-type]
