@@ -34,6 +34,9 @@ class TrainerConfig:
     checkpoint_every: int = 500  # steps between periodic checkpoints (last.ckpt is always kept)
     icl_early: int | None = None  # target positions of the ICL score; None: the data's default
     icl_late: int | None = None
+    # CPU threads for torch (0: torch's default, one per core). Jobs that share cores, such as a
+    # parallel multirun, must split them: two 2-thread jobs on 2 cores run ~10x slower than 1+1.
+    threads: int = 0
     progress_bar: bool = True
     progress_refresh: int = 10  # steps between progress-bar redraws
     gradient_clip_val: float | None = None
@@ -45,6 +48,8 @@ class TrainerConfig:
         for key in ("max_steps", "eval_every", "log_every", "checkpoint_every", "progress_refresh"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)} must be >= 1.")
+        if self.threads < 0:
+            raise ConfigError(f"trainer.threads={self.threads} must be >= 0 (0: torch's default).")
         if self.score_every < 0:
             raise ConfigError(f"trainer.score_every={self.score_every} must be >= 0 (0: never).")
 

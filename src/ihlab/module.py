@@ -29,7 +29,8 @@ class LabModule(L.LightningModule):
     """Training, evaluation and head scoring of one `Transformer` on one data family.
 
     The datamodule supplies what depends on the data: `eval_splits`, `probe_batch()` and, for
-    token data, `target_masks()` and `icl_positions()` (overridden by `icl_positions` here).
+    token data, `icl_positions()` (overridden by `icl_positions` here). Token batches carry a
+    "repeat_mask" of the targets that copying can predict.
     """
 
     def __init__(
@@ -54,21 +55,20 @@ class LabModule(L.LightningModule):
         self.eval_metrics = torch.nn.ModuleDict(
             {f"split_{s}": self._split_metrics(io.n_ctx) for s in eval_splits}
         )
-        self.masks: dict[str, Tensor] = {}
 
     def _split_metrics(self, n_ctx: int) -> torch.nn.ModuleDict:
         """Running loss and accuracy of one evaluation split (+ the loss profile for tokens)."""
         metrics = {"loss": MeanMetric(), "acc": MeanMetric()}
         if self.token_task:
-            metrics["profile"] = PositionalLoss(n_ctx - 1)
+            metrics.update(
+                profile=PositionalLoss(n_ctx - 1), loss_first=MeanMetric(), loss_repeat=MeanMetric()
+            )
         return torch.nn.ModuleDict(metrics)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
-        if self.token_task:
-            self.masks = dm.target_masks()
-            if self.icl_positions is None:
-                self.icl_positions = dm.icl_positions()
+        if self.token_task and self.icl_positions is None:
+            self.icl_positions = dm.icl_positions()
         self.probe = dm.probe_batch()
 
     # forward and losses
@@ -106,15 +106,20 @@ class LabModule(L.LightningModule):
         token_loss = self.token_losses(logits, targets)
         loss = token_loss.mean()
         if self.global_step % self.log_every == 0:
-            self.log_train_metrics(token_loss.detach(), logits.detach().argmax(-1) == targets)
+            self.log_train_metrics(
+                batch, token_loss.detach(), logits.detach().argmax(-1) == targets
+            )
         return loss
 
-    def log_train_metrics(self, token_loss: Tensor, correct: Tensor) -> None:
+    def log_train_metrics(
+        self, batch: dict[str, Tensor], token_loss: Tensor, correct: Tensor
+    ) -> None:
         """Training scalars of the current batch, measured before this step's update."""
         metrics = {"train/loss": token_loss.mean()}
         if self.token_task:
-            for region, mask in self.masks.items():
-                metrics[f"train/loss_{region}"] = token_loss[:, mask].mean()
+            repeat = batch["repeat_mask"]  # (batch, pos)
+            metrics["train/loss_first"] = token_loss[~repeat].mean()
+            metrics["train/loss_repeat"] = token_loss[repeat].mean()
         else:
             metrics["train/acc"] = correct.float().mean()
         if self.optim_cfg.scheduled:
@@ -152,7 +157,10 @@ class LabModule(L.LightningModule):
         split["loss"].update(token_loss)
         split["acc"].update((logits.argmax(dim=-1) == targets).float())
         if self.token_task:
+            repeat = batch["repeat_mask"]  # (batch, pos)
             split["profile"].update(token_loss)
+            split["loss_first"].update(token_loss[~repeat])
+            split["loss_repeat"].update(token_loss[repeat])
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, Tensor] = {}
@@ -162,9 +170,9 @@ class LabModule(L.LightningModule):
             metrics[f"{prefix}/loss"] = running["loss"].compute()
             metrics[f"{prefix}/acc"] = running["acc"].compute()
             if self.token_task:
+                metrics[f"{prefix}/loss_first"] = running["loss_first"].compute()
+                metrics[f"{prefix}/loss_repeat"] = running["loss_repeat"].compute()
                 profile = running["profile"].compute()  # (pos,)
-                for region, mask in self.masks.items():
-                    metrics[f"{prefix}/loss_{region}"] = profile[mask.to(profile.device)].mean()
                 early, late = self.icl_positions
                 metrics[f"{prefix}/icl_score"] = profile[late] - profile[early]
             for metric in running.values():

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
@@ -44,18 +44,33 @@ def config_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
+class CheckpointOnException(Callback):
+    """Save the state at the moment training fails, beside the periodic and last checkpoints.
+
+    (Lightning's OnExceptionCheckpoint would also make every later `fit` resume from "last".)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, err: BaseException
+    ) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.Trainer:
     t = config.trainer
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
-            filename="step={step:06d}",
+            filename="step_{step:06d}",
             auto_insert_metric_name=False,
             every_n_train_steps=t.checkpoint_every,
             save_top_k=-1,
             save_last=True,
         ),
-        OnExceptionCheckpoint(dirpath=run_dir / "checkpoints", filename="on_exception"),
+        CheckpointOnException(run_dir / "checkpoints" / "on_exception.ckpt"),
     ]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=t.progress_refresh))
@@ -138,7 +153,10 @@ def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) ->
 def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     """Train one run into `run_dir` and return its summary (also written to summary.json)."""
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if config.trainer.threads:
+        torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = make_datamodule(config.data, config.seed)
     torch.manual_seed(derive_seed(config.seed, "init"))
@@ -189,8 +207,6 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
 
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:
     """Validate, train, and record failures; in a multirun a failure is logged, not raised."""
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra" / "resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         config = to_train_config(cfg)
     except ConfigError as err:

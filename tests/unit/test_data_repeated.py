@@ -85,30 +85,45 @@ def test_train_dataloader_reads_global_step_at_first_batch(dm: RepeatedTokensDat
     assert torch.equal(next(batches)["tokens"], dm.train_batch(4)["tokens"])
 
 
-def test_target_masks_partition_and_first_positions(dm: RepeatedTokensDataModule) -> None:
-    masks = dm.target_masks()
-    first, repeat = masks["first"], masks["repeat"]  # (seq - 1,), (seq - 1,)
-    assert first.shape == repeat.shape == (CFG.seq_len - 1,)
-    assert first.dtype == repeat.dtype == torch.bool
-    assert (first ^ repeat).all()
+def test_repeat_mask_marks_exactly_the_copyable_targets(dm: RepeatedTokensDataModule) -> None:
+    batch = dm.train_batch(0)
+    tokens, repeat = batch["tokens"], batch["repeat_mask"]  # (batch, seq), (batch, seq - 1)
+    assert repeat.shape == (CFG.batch_size, CFG.seq_len - 1) and repeat.dtype == torch.bool
     # BOS -> token 1, the prefix, the first occurrence and the first token of the first repeat.
     n_first = 1 + CFG.prefix_len + CFG.segment_len
-    assert first.nonzero().flatten().tolist() == list(range(n_first))
+    assert not repeat[:, :n_first].any() and repeat[:, n_first:].all()
     # Every "repeat" target is the token one segment earlier: copying predicts it.
-    tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
-    t = repeat.nonzero().flatten()  # (n_repeat,)
+    t = repeat[0].nonzero().flatten()  # (n_repeat,)
     assert torch.equal(tokens[:, t + 1], tokens[:, t + 1 - CFG.segment_len])
     assert len(t) == CFG.segment_len * CFG.n_repeats - 1
 
 
+def test_variable_segments_defeat_positional_shortcuts() -> None:
+    cfg = RepeatedTokensConfig(segment_len=16, min_segment_len=4, n_repeats=2, bos=True)
+    batch = RepeatedTokensDataModule(cfg, seed=3).train_batch(0)
+    tokens, repeat = batch["tokens"], batch["repeat_mask"]  # (batch, seq), (batch, seq - 1)
+    assert tokens.shape == (cfg.batch_size, cfg.seq_len) and (tokens[:, 0] == cfg.vocab_size).all()
+    n_predictable = repeat.sum(dim=1)  # segment * n_repeats - 1 per sequence
+    segments = (n_predictable + 1) // cfg.n_repeats
+    assert ((n_predictable + 1) % cfg.n_repeats == 0).all()
+    assert segments.min() >= 4 and segments.max() <= 16 and len(segments.unique()) > 5
+    for row, seg in zip(tokens, segments.tolist(), strict=True):
+        tail = row[-3 * seg :]
+        assert torch.equal(tail[:seg], tail[seg : 2 * seg]) and torch.equal(
+            tail[:seg], tail[2 * seg :]
+        )
+    starts = repeat.float().argmax(dim=1)  # first predictable target per sequence
+    assert torch.equal(starts, cfg.seq_len - 2 * segments)
+
+
 def test_icl_positions(dm: RepeatedTokensDataModule) -> None:
     early, late = dm.icl_positions()
-    masks = dm.target_masks()
+    repeat = dm.train_batch(0)["repeat_mask"]  # (batch, seq - 1)
     start = 1 + CFG.prefix_len
     assert (
         start <= early and early + 1 < start + CFG.segment_len
     )  # predicts a first-occurrence token
-    assert masks["first"][early] and masks["repeat"][late]
+    assert not repeat[:, early].any() and repeat[:, late].all()
     assert late == CFG.seq_len - 2
 
 

@@ -3,6 +3,12 @@
 A sequence is [BOS] + random prefix + a random segment repeated 1 + n_repeats times. Every token of
 the repeats after the first one can be predicted by copying what followed the same token earlier;
 nothing else can be predicted at all, so the loss on the repeats isolates in-context copying.
+
+With a fixed segment length the repeat of position i is always at i + segment_len, and a purely
+positional head ("attend 31 back") solves the task without induction: even a 1-layer model with
+plain keys does. `min_segment_len` draws each sequence's segment length from
+[min_segment_len, segment_len] and fills the freed room with random prefix tokens (the length of
+every sequence stays `seq_len`), so only content-based copying (an induction head) works.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ class RepeatedTokensConfig:
 
     vocab_size: int = 64
     prefix_len: int = 0
-    segment_len: int = 32
+    segment_len: int = 32  # the longest segment
+    min_segment_len: int | None = None  # None: every segment is segment_len long
     n_repeats: int = 1
     bos: bool = False
     batch_size: int = 64
@@ -45,6 +52,11 @@ class RepeatedTokensConfig:
             raise ConfigError(
                 f"data.segment_len={self.segment_len} must be at least 2: a repeat of one token "
                 "leaves nothing for induction to predict. Fix: raise data.segment_len."
+            )
+        if self.min_segment_len is not None and not 2 <= self.min_segment_len <= self.segment_len:
+            raise ConfigError(
+                f"data.min_segment_len={self.min_segment_len} must be between 2 and "
+                f"data.segment_len={self.segment_len}. Fix: lower it, or null for fixed segments."
             )
         if self.n_repeats < 1:
             raise ConfigError(
@@ -68,14 +80,25 @@ class RepeatedTokensConfig:
         return int(self.bos) + self.prefix_len + self.segment_len * (1 + self.n_repeats)
 
 
-def sample_repeated(cfg: RepeatedTokensConfig, n: int, g: torch.Generator) -> Tensor:
-    """n sequences of [BOS] + prefix + segment * (1 + n_repeats), shape (n, seq_len)."""
-    fresh = torch.randint(cfg.vocab_size, (n, cfg.prefix_len + cfg.segment_len), generator=g)
-    prefix, segment = fresh[:, : cfg.prefix_len], fresh[:, cfg.prefix_len :]  # (n, P), (n, S)
-    parts = [prefix, segment.repeat(1, 1 + cfg.n_repeats)]  # (n, P), (n, S * (1 + R))
+def sample_repeated(cfg: RepeatedTokensConfig, n: int, g: torch.Generator) -> dict[str, Tensor]:
+    """n sequences: "tokens" (n, seq_len) and "repeat_mask" (n, seq_len - 1).
+
+    repeat_mask[t] marks the next-token targets that copying can predict: the repeats, except the
+    first token of the first repeat (target t predicts token t + 1).
+    """
+    seq, reps = cfg.seq_len, 1 + cfg.n_repeats
+    shortest = cfg.min_segment_len or cfg.segment_len
+    fresh = torch.randint(cfg.vocab_size, (n, seq), generator=g)  # (n, seq)
+    seg = torch.randint(shortest, cfg.segment_len + 1, (n, 1), generator=g)  # (n, 1)
+    first = seq - reps * seg  # (n, 1) start of the first occurrence of the segment
+    pos = torch.arange(seq)  # (seq,)
+    in_segment = pos >= first  # (n, seq)
+    source = torch.where(in_segment, first + (pos - first) % seg, pos)  # (n, seq)
+    tokens = fresh.gather(1, source)  # (n, seq) repeats copy the first occurrence
     if cfg.bos:
-        parts.insert(0, torch.full((n, 1), cfg.vocab_size))  # (n, 1)
-    return torch.cat(parts, dim=1)  # (n, seq_len)
+        tokens[:, 0] = cfg.vocab_size
+    repeat_mask = pos[:-1] >= first + seg  # (n, seq - 1)
+    return {"tokens": tokens, "repeat_mask": repeat_mask}
 
 
 class RepeatedTokensDataModule(L.LightningDataModule):
@@ -92,8 +115,7 @@ class RepeatedTokensDataModule(L.LightningDataModule):
 
     def train_batch(self, step: int) -> dict[str, Tensor]:
         """The training batch of one step: a pure function of (seed, step)."""
-        g = generator(self.seed, "train", step)
-        return {"tokens": sample_repeated(self.cfg, self.cfg.batch_size, g)}  # (batch, seq)
+        return sample_repeated(self.cfg, self.cfg.batch_size, generator(self.seed, "train", step))
 
     def train_dataloader(self) -> DataLoader:
         stream = BatchStream(
@@ -105,41 +127,24 @@ class RepeatedTokensDataModule(L.LightningDataModule):
     @cached_property
     def eval_set(self) -> dict[str, Tensor]:
         """The fixed evaluation sequences, made once from the seed."""
-        g = generator(self.seed, "eval", "eval")
-        return {"tokens": sample_repeated(self.cfg, self.cfg.eval_size, g)}  # (eval_size, seq)
+        return sample_repeated(self.cfg, self.cfg.eval_size, generator(self.seed, "eval", "eval"))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [fixed_loader(self.eval_set, self.cfg.eval_batch_size)]
 
     @cached_property
-    def _probe_tokens(self) -> Tensor:
+    def _probe(self) -> dict[str, Tensor]:
         return sample_repeated(self.cfg, self.cfg.probe_size, generator(self.seed, "probe"))
 
     def probe_batch(self) -> dict[str, Tensor]:
         """A small fixed batch for attention probes; "ids" are the tokens themselves."""
-        tokens = self._probe_tokens  # (probe_size, seq)
-        return {"tokens": tokens, "ids": tokens}
-
-    @property
-    def _first_repeat_start(self) -> int:
-        """Position of the first token of the first repeat."""
-        return int(self.cfg.bos) + self.cfg.prefix_len + self.cfg.segment_len
-
-    def target_masks(self) -> dict[str, Tensor]:
-        """Split the seq_len - 1 next-token targets (target t predicts token t + 1) in two.
-
-        "first": targets no copying can predict (after BOS, the prefix, the first occurrence of
-        the segment and the first token of the first repeat); "repeat": all the others.
-        """
-        t = torch.arange(self.cfg.seq_len - 1)  # (seq - 1,)
-        repeat = t >= self._first_repeat_start  # (seq - 1,) predicts a repeat token but the first
-        return {"first": ~repeat, "repeat": repeat}
+        return {**self._probe, "ids": self._probe["tokens"]}
 
     def icl_positions(self) -> tuple[int, int]:
         """Default (early, late) targets for the ICL score.
 
-        early: the middle of the first occurrence, chosen so it predicts a token still inside
-        that occurrence; late: the last target.
+        early: the middle of the first occurrence of the longest segment (a target no copying can
+        predict, whatever the segment length); late: the last target (always in a repeat).
         """
-        early = self._first_repeat_start - self.cfg.segment_len + (self.cfg.segment_len - 1) // 2
-        return early, self.cfg.seq_len - 2
+        first = self.cfg.seq_len - (1 + self.cfg.n_repeats) * self.cfg.segment_len
+        return first + (self.cfg.segment_len - 1) // 2, self.cfg.seq_len - 2

@@ -1,0 +1,85 @@
+"""Shared fixtures: compose configs the way `ihlab-train` does, and train in-process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from ihlab.config import TrainConfig, register_configs, to_train_config
+from ihlab.train import config_dir, train
+
+os.environ.setdefault("WANDB_SILENT", "true")
+register_configs()
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The composed (unvalidated) config for these command-line overrides."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def quiet(overrides: list[str]) -> list[str]:
+    """Tests train without W&B (unless they test it) and without a progress bar."""
+    return ["logger=csv", "trainer.progress_bar=false", *overrides]
+
+
+@pytest.fixture
+def make_config() -> Callable[..., TrainConfig]:
+    def make(*overrides: str) -> TrainConfig:
+        return to_train_config(compose_config(quiet(list(overrides))))
+
+    return make
+
+
+@pytest.fixture
+def run_training(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """Train in-process into tmp_path/<name> and return the summary."""
+
+    def run(*overrides: str, name: str = "run", wandb: bool = False) -> dict[str, Any]:
+        args = list(overrides) if wandb else quiet(list(overrides))
+        if wandb:
+            args = ["trainer.progress_bar=false", *args]
+        cfg = compose_config(args)
+        run_dir = tmp_path / name
+        return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+
+    return run
+
+
+def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
+    """History, summary, config and file names of the offline W&B run under run_dir, read with
+    wandb's own record reader (wandb.sdk.internal.datastore + its protobuf records)."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(path))
+    out: dict[str, Any] = {"history": [], "summary": {}, "config": {}, "files": [], "run": None}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+
+        def key(item: Any) -> str:
+            return item.key or "/".join(item.nested_key)
+
+        if kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "config":
+            out["config"].update({key(i): json.loads(i.value_json) for i in record.config.update})
+        elif kind == "files":
+            out["files"] += [f.path for f in record.files.files]
+        elif kind == "run":
+            out["run"] = record.run
+    return out

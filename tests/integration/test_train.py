@@ -1,0 +1,153 @@
+"""End-to-end training runs: output contract, reproducibility, resume, failures, W&B."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config, quiet, read_offline_wandb
+from ihlab.module import LabModule
+from ihlab.outputs import read_metrics
+from ihlab.train import run_job
+
+SHORT = ("trainer.max_steps=60", "trainer.eval_every=20", "trainer.score_every=20")
+
+
+def test_run_directory_follows_the_output_contract(run_training, tmp_path: Path) -> None:
+    summary = run_training(*SHORT, "trainer.checkpoint_every=30")
+    run_dir = tmp_path / "run"
+    assert (run_dir / ".hydra" / "resolved.yaml").exists()
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "sequences"]
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert all(r["sequences"] == r["step"] * 64 for r in rows)
+    eval_steps = [int(r["step"]) for r in rows if "eval/loss" in r]
+    assert eval_steps == [20, 40, 60]
+    score_steps = [int(r["step"]) for r in rows if "heads/prefix_matching/L1H0" in r]
+    assert score_steps == [0, 20, 40, 60]
+    train_steps = [int(r["step"]) for r in rows if "train/loss" in r]
+    assert train_steps == list(range(0, 60, 10))
+    assert {"eval/loss_first", "eval/loss_repeat", "eval/icl_score"} <= rows[-1].keys()
+    assert {"train/loss_first", "train/loss_repeat"} <= rows[-2].keys()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["seed"] == 0
+    assert on_disk["condition"] == "baseline" and on_disk["name"] == "induction_2l"
+    assert on_disk["steps"] == 60 and on_disk["sequences"] == 60 * 64
+    assert on_disk["steps_per_sec"] > 0 and on_disk["wall_time_s"] > 0
+    assert "learning_time" in on_disk and "eval/loss_repeat" in on_disk["final"]
+    assert summary["steps"] == 60
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt", "step_000030.ckpt", "step_000060.ckpt"]
+
+
+def test_same_seed_gives_identical_metrics(run_training, tmp_path: Path) -> None:
+    run_training(*SHORT, name="a")
+    run_training(*SHORT, name="b")
+    run_training(*SHORT, "seed=1", name="c")
+    a, b, c = ((tmp_path / n / "metrics.csv").read_text() for n in "abc")
+    assert a == b
+    assert a != c
+
+
+def test_fewshot_run_logs_every_split(run_training, tmp_path: Path) -> None:
+    run_training("experiment=fewshot_fast", *SHORT, "data.eval_size=200")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    last = rows[-1]
+    for split in ("train", "heldout_pairs", "heldout_exemplars", "unseen_classes"):
+        assert 0.0 <= last[f"eval/{split}/acc"] <= 1.0
+        assert last[f"eval/{split}/loss"] > 0
+    assert "train/acc" in rows[-2] and "heads/prefix_matching/L1H7" in last
+
+
+def test_resume_from_a_checkpoint_continues_identically(run_training, tmp_path: Path) -> None:
+    steps = ("trainer.max_steps=80", "trainer.eval_every=20", "trainer.score_every=20")
+    run_training(*steps, "trainer.checkpoint_every=40", name="full")
+    ckpt = tmp_path / "full" / "checkpoints" / "step_000040.ckpt"
+    summary = run_training(*steps, f"ckpt_path={ckpt}", name="resumed")
+    assert summary["resumed_from"] == str(ckpt)
+    full = {int(r["step"]): r for r in read_metrics(tmp_path / "full" / "metrics.csv")}
+    resumed = {int(r["step"]): r for r in read_metrics(tmp_path / "resumed" / "metrics.csv")}
+    assert list(resumed) == [40, 50, 60, 70, 80]
+    # Step 40's training scalars are measured after the checkpoint, so the resumed run logs them.
+    assert resumed[40] == {k: full[40][k] for k in resumed[40]}
+    assert "train/loss" in resumed[40]
+    for step in (50, 60, 70, 80):
+        assert resumed[step] == full[step]
+
+
+def test_a_failed_run_keeps_its_log_metrics_and_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    original = LabModule.training_step
+
+    def failing_step(self, batch, batch_idx):
+        if self.global_step == 25:
+            raise RuntimeError("boom at step 25")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LabModule, "training_step", failing_step)
+    cfg = compose_config(quiet([*SHORT, "trainer.checkpoint_every=10"]))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_job(cfg, tmp_path, multirun=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "boom at step 25" in summary["error"]
+    assert max(r["step"] for r in read_metrics(tmp_path / "metrics.csv")) == 20
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert (tmp_path / "checkpoints" / "on_exception.ckpt").exists()
+
+
+def test_config_error_in_a_multirun_job_is_recorded_not_raised(tmp_path: Path) -> None:
+    cfg = compose_config(quiet(["model.n_heads=5"]))
+    assert run_job(cfg, tmp_path, multirun=True) is None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "config_error" and "model.n_heads=5" in summary["error"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -> None:
+    run_training(*SHORT, wandb=True)
+    record = read_offline_wandb(tmp_path / "run")
+    keys = {k for row in record["history"] for k in row}
+    expected = {
+        "train/loss",
+        "train/loss_repeat",
+        "sequences",
+        "eval/loss_repeat",
+        "eval/icl_score",
+        "heads/previous_token/L0H0",
+        "heads/prefix_matching/L1H3",
+        "trainer/global_step",
+    }
+    assert expected <= keys
+    assert any(k.startswith("heads/heatmap") for k in keys)
+    assert sum(f.startswith("media/images/heads/heatmap") for f in record["files"]) == 4
+    assert "resolved.yaml" in record["files"]
+    assert {"learning_time", "steps_per_sec", "eval/loss_repeat"} <= record["summary"].keys()
+    run = record["run"]
+    assert run.display_name == "induction_2l-baseline-s0"
+    assert run.run_group == "induction_2l/baseline"
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["model"]["n_layers"] == 2 and config["seed"] == 0
+
+
+@pytest.mark.slow
+def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: Path) -> None:
+    summary = run_training("experiment=induction_2l", "trainer.max_steps=600")
+    ln_vocab = math.log(64)
+    final = summary["final"]
+    assert final["eval/loss_repeat"] < 0.1 * ln_vocab
+    assert final["eval/loss_first"] > 0.9 * ln_vocab
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    first_eval = next(r for r in rows if "eval/loss_repeat" in r)
+    assert first_eval["eval/loss_repeat"] > 0.5 * ln_vocab  # it had to be learned
+    assert summary["learning_time"]["step"] is not None
+    def best(row: dict, score: str) -> float:
+        return max(v for k, v in row.items() if k.startswith(f"heads/{score}"))
+
+    # Layer-1 heads become induction heads, layer-0 heads previous-token heads (from ~1/n at init).
+    assert best(rows[0], "prefix_matching/L1") < 0.1
+    assert best(rows[-1], "prefix_matching/L1") > 0.3
+    assert best(rows[-1], "previous_token/L0") > 0.5

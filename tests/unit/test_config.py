@@ -1,0 +1,90 @@
+"""Configs: every experiment composes and validates; bad values fail naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from ihlab.config import TrainConfig
+from ihlab.data import FewShotConfig, RepeatedTokensConfig
+from ihlab.errors import ConfigError
+from ihlab.optim import OptimConfig, Schedule, lr_factor
+from ihlab.train import config_dir
+
+EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+
+
+def test_the_required_experiments_exist() -> None:
+    assert {"induction_2l", "smeared_1l", "plain_1l", "fewshot_singh", "fewshot_fast"} <= set(
+        EXPERIMENTS
+    )
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(make_config, experiment: str) -> None:
+    config = make_config(f"experiment={experiment}")
+    assert isinstance(config, TrainConfig)
+    assert config.name == experiment
+    assert isinstance(config.data, RepeatedTokensConfig | FewShotConfig)
+
+
+def test_default_is_induction_2l_with_wandb_offline() -> None:
+    from conftest import compose_config
+
+    cfg = compose_config([])
+    assert cfg.name == "induction_2l"
+    assert cfg.wandb.mode.value == "offline"
+    assert cfg.trainer.accelerator == "cpu"
+
+
+def test_fewshot_singh_matches_the_paper(make_config) -> None:
+    config = make_config("experiment=fewshot_singh")
+    assert (config.model.n_layers, config.model.n_heads, config.model.d_model) == (2, 8, 64)
+    assert config.model.positional.value == "rope" and config.model.attn_only
+    assert config.optim.name.value == "adam" and config.optim.lr == 1e-5
+    assert config.data.batch_size == 32 and config.data.n_train_classes == 50
+    assert config.data.n_labels == 5 and config.data.context_pairs == 2
+
+
+def test_unknown_key_fails_naming_it(make_config) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"model\.n_layer"):
+        make_config("model.n_layer=3")
+
+
+def test_wrong_type_fails_naming_the_key(make_config) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"trainer\.max_steps"):
+        make_config("trainer.max_steps=many")
+
+
+def test_bad_enum_value_lists_the_choices(make_config) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"model\.positional") as err:
+        make_config("model.positional=sinusoidal")
+    assert "learned, rope, none" in str(err.value.__cause__)
+
+
+def test_indivisible_d_model_fails_naming_both_keys_and_the_fix(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"model\.d_model=64.*model\.n_heads=5.*Fix"):
+        make_config("model.n_heads=5")
+
+
+def test_missing_hdf5_file_fails_naming_the_key_and_the_fix(make_config, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(ConfigError, match=r"data\.hdf5_path.*nope\.h5") as err:
+        make_config("experiment=fewshot_fast", "data.features=hdf5", f"data.hdf5_path={missing}")
+    assert "data.features=gaussian" in str(err.value)
+
+
+def test_bad_trainer_value_names_the_key(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.eval_every"):
+        make_config("trainer.eval_every=0")
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule=Schedule.cosine, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_factor(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_factor(110, cfg, 110) == pytest.approx(0.1)
+    assert lr_factor(50, OptimConfig(), 110) == 1.0

@@ -1,0 +1,71 @@
+"""Head scores on attention patterns built to be perfect previous-token or induction heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ihlab.metrics.heads import induction_targets, prefix_matching_score, previous_token_score
+from ihlab.metrics.loss_profile import PositionalLoss
+
+
+def previous_token_pattern(batch: int, n: int) -> torch.Tensor:
+    pattern = torch.zeros(batch, 1, n, n)
+    pattern[:, 0, 0, 0] = 1.0
+    pattern[:, 0, torch.arange(1, n), torch.arange(n - 1)] = 1.0
+    return pattern
+
+
+def repeated_ids(batch: int, segment: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    seg = torch.stack([torch.randperm(50, generator=g)[:segment] for _ in range(batch)])
+    return torch.cat([seg, seg], dim=1)  # (batch, 2 * segment)
+
+
+def induction_pattern(ids: torch.Tensor) -> torch.Tensor:
+    """Attend to the token after the earlier occurrence; to position 0 when there is none."""
+    targets = induction_targets(ids).float()  # (batch, query, key)
+    none = targets.sum(-1) == 0
+    targets[..., 0] += none.float()
+    return (targets / targets.sum(-1, keepdim=True))[:, None]
+
+
+def uniform_pattern(batch: int, n: int) -> torch.Tensor:
+    causal = torch.ones(n, n).tril()
+    return (causal / causal.sum(-1, keepdim=True)).expand(batch, 1, n, n)
+
+
+def test_previous_token_score_of_a_perfect_previous_token_head_is_one() -> None:
+    pattern = torch.cat([previous_token_pattern(3, 8), uniform_pattern(3, 8)], dim=1)
+    scores = previous_token_score(pattern)
+    assert scores[0] == pytest.approx(1.0)
+    expected_uniform = torch.tensor([1 / (i + 1) for i in range(1, 8)]).mean()
+    assert scores[1] == pytest.approx(float(expected_uniform))
+
+
+def test_prefix_matching_scores_one_for_an_induction_head_and_near_zero_otherwise() -> None:
+    ids = repeated_ids(4, 10)
+    pattern = torch.cat([induction_pattern(ids), previous_token_pattern(4, 20)], dim=1)
+    scores = prefix_matching_score(pattern, ids)
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] < 0.05
+
+
+def test_induction_targets_point_after_earlier_occurrences() -> None:
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    targets = induction_targets(ids)[0]
+    assert targets[3].nonzero().flatten().tolist() == [1]  # 5 -> what followed the first 5
+    assert targets[5].nonzero().flatten().tolist() == [3]  # 7 -> what followed the first 7
+    assert not targets[:3].any()
+
+
+def test_prefix_matching_needs_repeats() -> None:
+    with pytest.raises(ValueError, match="repeated tokens"):
+        prefix_matching_score(uniform_pattern(1, 4), torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_positional_loss_averages_each_position_over_batches() -> None:
+    metric = PositionalLoss(3)
+    metric.update(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    metric.update(torch.tensor([[2.0, 2.0, 2.0]]))
+    torch.testing.assert_close(metric.compute(), torch.tensor([2.0, 2.0, 2.0]))
