@@ -178,6 +178,8 @@ class LabModule(L.LightningModule):
             for metric in running.values():
                 metric.reset()
         self.send(metrics)
+        for logger in self.loggers:
+            logger.save()  # metrics.csv on disk is never more than one evaluation behind
 
     # head scores
 

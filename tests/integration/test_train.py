@@ -135,7 +135,7 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: Path) -> None:
-    summary = run_training("experiment=induction_2l", "trainer.max_steps=600")
+    summary = run_training("experiment=induction_2l")
     ln_vocab = math.log(64)
     final = summary["final"]
     assert final["eval/loss_repeat"] < 0.1 * ln_vocab
@@ -144,6 +144,7 @@ def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: P
     first_eval = next(r for r in rows if "eval/loss_repeat" in r)
     assert first_eval["eval/loss_repeat"] > 0.5 * ln_vocab  # it had to be learned
     assert summary["learning_time"]["step"] is not None
+
     def best(row: dict, score: str) -> float:
         return max(v for k, v in row.items() if k.startswith(f"heads/{score}"))
 

@@ -1,0 +1,72 @@
+"""`ihlab-train` as a user runs it: from any directory, single runs, multiruns, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")  # the console script pip installed
+QUICK = [
+    "logger=csv",
+    "trainer.progress_bar=false",
+    "trainer.max_steps=20",
+    "trainer.eval_every=10",
+]
+
+
+def ihlab_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "IHLAB_OUTPUTS"}
+    return subprocess.run(
+        [IHLAB_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_multirun_of_two_jobs_writes_two_complete_run_directories(tmp_path: Path) -> None:
+    result = ihlab_train(["-m", "seed=0,1", *QUICK], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert runs == ["0_baseline_s0", "1_baseline_s1"]
+    for name, seed in zip(runs, (0, 1), strict=True):
+        run = sweep / name
+        assert (run / ".hydra" / "config.yaml").exists()
+        assert (run / ".hydra" / "resolved.yaml").exists()
+        assert (run / "metrics.csv").read_text().startswith("step,sequences,")
+        assert (run / "checkpoints" / "last.ckpt").exists()
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == seed
+        assert summary["steps"] == 20
+
+
+def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
+    result = ihlab_train(["-m", "model.n_heads=5,4", *QUICK], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
+    bad = json.loads((sweep / "0_baseline_s0" / "summary.json").read_text())
+    good = json.loads((sweep / "1_baseline_s0" / "summary.json").read_text())
+    assert bad["status"] == "config_error" and "model.n_heads=5" in bad["error"]
+    assert good["status"] == "completed"
+    assert "config error" in (sweep / "0_baseline_s0" / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.n_heads=5", "model.d_model=64 is not divisible by model.n_heads=5"),
+        ("model.n_layer=3", "model.n_layer"),
+        ("trainer.max_steps=lots", "trainer.max_steps"),
+    ],
+)
+def test_bad_config_fails_before_training_naming_the_key(
+    tmp_path: Path, override: str, expected: str
+) -> None:
+    result = ihlab_train([override, "logger=csv"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert not list(tmp_path.glob("outputs/**/checkpoints"))
+    assert not list(tmp_path.glob("outputs/**/metrics.csv"))
