@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ihlab.data.base import ModelIO
-from ihlab.data.stream import BatchStream, fixed_loader
+from ihlab.data.stream import fixed_loader, stream_loader
 from ihlab.errors import ConfigError
 from ihlab.seeding import generator
 
@@ -325,11 +325,7 @@ class FewShotDataModule(L.LightningDataModule):
         return self.sample(self.splits["train"], self.cfg.batch_size, g)
 
     def train_dataloader(self) -> DataLoader:
-        stream = BatchStream(
-            self.train_batch,
-            start_step=lambda: self.trainer.global_step if self.trainer is not None else 0,
-        )
-        return DataLoader(stream, batch_size=None, num_workers=0)
+        return stream_loader(self, self.train_batch)
 
     @cached_property
     def eval_sets(self) -> dict[str, dict[str, Tensor]]:

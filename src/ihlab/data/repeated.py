@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ihlab.data.base import ModelIO
-from ihlab.data.stream import BatchStream, fixed_loader
+from ihlab.data.stream import fixed_loader, stream_loader
 from ihlab.errors import ConfigError
 from ihlab.seeding import generator
 
@@ -118,11 +118,7 @@ class RepeatedTokensDataModule(L.LightningDataModule):
         return sample_repeated(self.cfg, self.cfg.batch_size, generator(self.seed, "train", step))
 
     def train_dataloader(self) -> DataLoader:
-        stream = BatchStream(
-            self.train_batch,
-            start_step=lambda: self.trainer.global_step if self.trainer is not None else 0,
-        )
-        return DataLoader(stream, batch_size=None, num_workers=0)
+        return stream_loader(self, self.train_batch)
 
     @cached_property
     def eval_set(self) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -49,3 +50,14 @@ class TensorDictDataset(Dataset):
 def fixed_loader(tensors: dict[str, Tensor], batch_size: int) -> DataLoader:
     """Batches of a fixed evaluation set, in order; the default collate restacks the rows."""
     return DataLoader(TensorDictDataset(tensors), batch_size=batch_size, shuffle=False)
+
+
+def stream_loader(
+    datamodule: LightningDataModule, make_batch: Callable[[int], dict[str, Tensor]]
+) -> DataLoader:
+    """A datamodule's infinite training loader, starting at its trainer's global step."""
+
+    def start_step() -> int:
+        return datamodule.trainer.global_step if datamodule.trainer is not None else 0
+
+    return DataLoader(BatchStream(make_batch, start_step), batch_size=None, num_workers=0)
