@@ -31,17 +31,18 @@ def test_smeared_keys_give_a_one_layer_model_induction_and_plain_keys_do_not(
     assert best_prefix > 0.3  # a layer-0 head became an induction head
 
 
-def test_fewshot_fast_plateaus_at_ln2_then_has_its_phase_change(
+def test_fewshot_fast_plateaus_at_ln2_then_generalizes_to_new_pairs_and_classes(
     run_training, tmp_path: Path
 ) -> None:
     summary = run_training("experiment=fewshot_fast", "data.eval_size=500")
     losses = curve(tmp_path / "run", "eval/train/loss")
     learned_at = summary["learning_time"]["step"]
     assert learned_at is not None and learned_at > 1000
-    plateau = [loss for step, loss in losses if 600 <= step < learned_at - 600]
+    plateau = [loss for step, loss in losses if 400 <= step < learned_at - 500]
     assert len(plateau) >= 5
     assert all(0.6 < loss < 0.8 for loss in plateau)  # ln 2 = 0.693: a guess between two labels
     final = summary["final"]
     assert final["eval/train/loss"] < 0.4 * math.log(2)
     assert final["eval/train/acc"] > 0.9
-    assert final["eval/unseen_classes/acc"] > 0.75  # see fewshot_fast.yaml for the measured values
+    assert final["eval/heldout_pairs/acc"] > 0.9  # label pairs never seen in training
+    assert final["eval/unseen_classes/acc"] > 0.9  # classes never seen in training
