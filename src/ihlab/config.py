@@ -14,8 +14,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
+from omegaconf.errors import MissingMandatoryValue, ValidationError
 
+from ihlab.clamps import ClampConfig, check_clamps
 from ihlab.data import FewShotConfig, RepeatedTokensConfig
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig
@@ -43,6 +44,8 @@ class TrainerConfig:
     # Lightning's deterministic mode; CPU kernels are already deterministic for a fixed thread
     # count (tests check identical metrics), and this costs ~15% of CPU throughput.
     deterministic: bool = False
+    # With clamps: also evaluate (and score heads) without them, logged under "unclamped/".
+    eval_unclamped: bool = False
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "eval_every", "log_every", "checkpoint_every", "progress_refresh"):
@@ -72,7 +75,8 @@ class WandbConfig:
 @dataclass
 class TrainConfig:
     name: str = "default"  # experiment name: W&B group prefix and output folder
-    condition: str = "baseline"  # condition within the experiment (clamp set, data variant, ...)
+    # Condition within the experiment; conf/train.yaml derives it from the clamp names.
+    condition: str = "baseline"
     seed: int = 0
     ckpt_path: str | None = None  # resume from this checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -80,6 +84,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    clamps: dict[str, ClampConfig] = field(default_factory=dict)  # name -> clamp (clamps.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, RepeatedTokensConfig | FewShotConfig):
@@ -87,6 +92,7 @@ class TrainConfig:
                 f"data must come from a data config (data=repeated_tokens or data=fewshot), "
                 f"got {type(self.data).__name__}."
             )
+        check_clamps(self.clamps, self.model, self.data)
 
     @property
     def run_name(self) -> str:
@@ -97,8 +103,14 @@ class TrainConfig:
         return f"{self.name}/{self.condition}"
 
 
+def clamp_condition(clamps: DictConfig) -> str:
+    """The default condition name: the clamp names joined by "+", or "baseline" without clamps."""
+    return "+".join(str(name) for name in clamps) or "baseline"
+
+
 def register_configs() -> None:
-    """Put the schemas where the YAML files in conf/ find them."""
+    """Put the schemas where the YAML files in conf/ find them; register the config resolvers."""
+    OmegaConf.register_new_resolver("clamp_condition", clamp_condition, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="schema/data", name="repeated_tokens", node=RepeatedTokensConfig)
@@ -109,6 +121,11 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Validated dataclasses from a composed config; ConfigError names the bad key and the fix."""
     try:
         config = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigError(
+            f"{err.full_key} is required (??? in the config). Fix: set it on the command line, "
+            f"e.g. {err.full_key}=VALUE."
+        ) from err
     except ValidationError as err:
         raise ConfigError(f"{err.full_key}: {err.msg}") from err
     if not isinstance(config, TrainConfig):

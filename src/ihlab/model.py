@@ -9,8 +9,9 @@ and Olsson et al.'s smeared keys. With no site requested the attention takes PyT
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,3 +226,16 @@ class Transformer(nn.Module):
         hooks = SiteHooks(cache=names)
         logits = self(inputs, hooks)
         return logits, hooks.cache
+
+
+def shape_state(cfg: ModelConfig, io: ModelIO) -> dict[str, Any]:
+    """Model config and IO as plain data: a checkpoint entry weights-only loading can read."""
+    model = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(cfg).items()}
+    return {"model": model, "io": asdict(io)}
+
+
+def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
+    """Inverse of `shape_state`."""
+    model = dict(state["model"])
+    model["positional"] = Positional(model["positional"])
+    return ModelConfig(**model), ModelIO(**state["io"])

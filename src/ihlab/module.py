@@ -4,6 +4,10 @@ Token data (repeated random tokens) trains next-token prediction at every positi
 loss on the first vs repeated segment and the ICL score. Few-shot data trains only at the query and
 reports loss and accuracy per evaluation split. Every `score_every` steps, on the datamodule's fixed
 probe batch, each head's previous-token and prefix-matching scores are logged.
+
+Clamps (clamps.py) act in every forward: training, evaluation and head scoring, so a clamped head's
+scores show what the network actually used. With `eval_unclamped` the evaluation and the head scores
+are also logged without clamps, under "unclamped/".
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from ihlab.clamps import ClampContext, ClampSet, ValueKind
 from ihlab.data.base import ModelIO
 from ihlab.metrics.heads import head_scores
 from ihlab.metrics.loss_profile import PositionalLoss
-from ihlab.model import ModelConfig, Transformer
+from ihlab.model import ModelConfig, Transformer, shape_state
 from ihlab.optim import OptimConfig, build_optimizer, lr_factor
 from ihlab.outputs import log_head_scores
 from ihlab.sites import SiteHooks
@@ -44,17 +49,31 @@ class LabModule(L.LightningModule):
         score_every: int,
         log_every: int = 10,
         icl_positions: tuple[int, int] | None = None,
+        clamps: ClampSet | None = None,
+        eval_unclamped: bool = False,
     ) -> None:
         super().__init__()
         self.model = Transformer(model_cfg, io)
+        self.model_cfg, self.io = model_cfg, io
+        self.clamps = clamps if clamps is not None else ClampSet([])
+        self.eval_unclamped = eval_unclamped and bool(self.clamps)
         self.optim_cfg, self.max_steps, self.batch_size = optim_cfg, max_steps, batch_size
         self.score_every, self.log_every = score_every, log_every
         self.token_task = io.d_vocab is not None
         self.eval_splits = eval_splits
         self.icl_positions = icl_positions
+        self.eval_variants = ("", "unclamped/") if self.eval_unclamped else ("",)
         self.eval_metrics = torch.nn.ModuleDict(
-            {f"split_{s}": self._split_metrics(io.n_ctx) for s in eval_splits}
+            {
+                self._metrics_key(variant, s): self._split_metrics(io.n_ctx)
+                for variant in self.eval_variants
+                for s in eval_splits
+            }
         )
+
+    @staticmethod
+    def _metrics_key(variant: str, split: str) -> str:
+        return f"{'unclamped' if variant else 'split'}_{split}"
 
     def _split_metrics(self, n_ctx: int) -> torch.nn.ModuleDict:
         """Running loss and accuracy of one evaluation split (+ the loss profile for tokens)."""
@@ -70,6 +89,15 @@ class LabModule(L.LightningModule):
         if self.token_task and self.icl_positions is None:
             self.icl_positions = dm.icl_positions()
         self.probe = dm.probe_batch()
+        means = [c.cfg.reference_size for c in self.clamps.clamps if c.kind == ValueKind.mean]
+        if means:
+            self.clamps.reference = self.model_inputs(dm.reference_batch(max(means)))
+
+    def on_fit_start(self) -> None:
+        self.clamps.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ihlab_model"] = shape_state(self.model_cfg, self.io)  # for grafts
 
     # forward and losses
 
@@ -82,13 +110,22 @@ class LabModule(L.LightningModule):
             return {"tokens": batch["tokens"][:, :-1]}
         return {"features": batch["features"], "labels": batch["labels"]}
 
-    def predict(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def clamp_hooks(
+        self, batch: dict[str, Tensor], inputs: dict[str, Tensor], cache: tuple[str, ...] = ()
+    ) -> SiteHooks | None:
+        """Hooks of a clamped forward at the current step (None: no clamp on, nothing cached)."""
+        ctx = ClampContext(inputs, batch.get("target"), self.global_step)
+        return self.clamps.hooks(self.model, ctx, cache)
+
+    def predict(self, batch: dict[str, Tensor], clamped: bool = True) -> tuple[Tensor, Tensor]:
         """Logits and targets where the loss is taken: every next token, or the few-shot query.
 
         Returns (batch, pos, d_vocab_out) and (batch, pos) for tokens; (batch, n_labels) and
         (batch,) for few-shot sequences.
         """
-        logits = self(self.model_inputs(batch))  # (batch, pos, d_vocab_out)
+        inputs = self.model_inputs(batch)
+        hooks = self.clamp_hooks(batch, inputs) if clamped else None
+        logits = self(inputs, hooks)  # (batch, pos, d_vocab_out)
         if self.token_task:
             return logits, batch["tokens"][:, 1:]
         return logits[:, -1], batch["target"]
@@ -151,22 +188,23 @@ class LabModule(L.LightningModule):
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        split = self.eval_metrics[f"split_{self.eval_splits[dataloader_idx]}"]
-        logits, targets = self.predict(batch)
-        token_loss = self.token_losses(logits, targets)
-        split["loss"].update(token_loss)
-        split["acc"].update((logits.argmax(dim=-1) == targets).float())
-        if self.token_task:
-            repeat = batch["repeat_mask"]  # (batch, pos)
-            split["profile"].update(token_loss)
-            split["loss_first"].update(token_loss[~repeat])
-            split["loss_repeat"].update(token_loss[repeat])
+        for variant in self.eval_variants:
+            split = self.eval_metrics[self._metrics_key(variant, self.eval_splits[dataloader_idx])]
+            logits, targets = self.predict(batch, clamped=not variant)
+            token_loss = self.token_losses(logits, targets)
+            split["loss"].update(token_loss)
+            split["acc"].update((logits.argmax(dim=-1) == targets).float())
+            if self.token_task:
+                repeat = batch["repeat_mask"]  # (batch, pos)
+                split["profile"].update(token_loss)
+                split["loss_first"].update(token_loss[~repeat])
+                split["loss_repeat"].update(token_loss[repeat])
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, Tensor] = {}
-        for split in self.eval_splits:
-            prefix = "eval" if len(self.eval_splits) == 1 else f"eval/{split}"
-            running = self.eval_metrics[f"split_{split}"]
+        for variant, split in ((v, s) for v in self.eval_variants for s in self.eval_splits):
+            prefix = variant + ("eval" if len(self.eval_splits) == 1 else f"eval/{split}")
+            running = self.eval_metrics[self._metrics_key(variant, split)]
             metrics[f"{prefix}/loss"] = running["loss"].compute()
             metrics[f"{prefix}/acc"] = running["acc"].compute()
             if self.token_task:
@@ -193,13 +231,16 @@ class LabModule(L.LightningModule):
 
     @torch.no_grad()
     def score_heads(self) -> dict[str, Tensor]:
-        """Score every head on the probe batch and send the scores to the loggers."""
+        """Score every head on the probe batch (in the clamped forward) and log the scores."""
         probe = {k: v.to(self.device) for k, v in self.probe.items()}
         inputs, ids = self.model_inputs(probe), probe["ids"]
         if self.token_task:
             ids = ids[:, :-1]
-        names = [f"blocks.{layer}.attn.pattern" for layer in range(len(self.model.blocks))]
-        _, cache = self.model.run_with_cache(inputs, names)
-        scores = head_scores([cache[n] for n in names], ids)  # name -> (layer, head)
-        log_head_scores(self.loggers, scores, self.global_step)
-        return scores
+        names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(len(self.model.blocks)))
+        scores: dict[str, dict[str, Tensor]] = {}
+        for variant in self.eval_variants:
+            hooks = SiteHooks(cache=names) if variant else self.clamp_hooks(probe, inputs, names)
+            self.model(inputs, hooks)
+            scores[variant] = head_scores([hooks.cache[n] for n in names], ids)  # (layer, head)
+            log_head_scores(self.loggers, scores[variant], self.global_step, prefix=variant)
+        return scores[""]

@@ -113,14 +113,16 @@ def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
     return fig
 
 
-def log_head_scores(loggers: Iterable[Logger], scores: Mapping[str, Tensor], step: int) -> None:
-    """Per-head scalars to every logger, and the heatmap image to W&B."""
-    scalars = head_scalars(scores)
+def log_head_scores(
+    loggers: Iterable[Logger], scores: Mapping[str, Tensor], step: int, prefix: str = ""
+) -> None:
+    """Per-head scalars to every logger, and the heatmap image to W&B (keys start with prefix)."""
+    scalars = {prefix + k: v for k, v in head_scalars(scores).items()}
     for logger in loggers:
         logger.log_metrics(scalars, step=step)
         if isinstance(logger, WandbLogger):
             fig = heatmap_figure(scores, step)
-            logger.log_image("heads/heatmap", [fig], step=step)
+            logger.log_image(f"{prefix}heads/heatmap", [fig], step=step)
             plt.close(fig)
 
 

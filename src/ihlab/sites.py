@@ -85,23 +85,36 @@ class SiteHooks:
 
     `cache` names the sites to keep; `interventions` maps a site name to a function that returns the
     tensor the site must hold (it receives the computed value). The cache holds the value after the
-    intervention: what the rest of the forward actually used.
+    intervention: what the rest of the forward actually used. `store` is the dict the cache is
+    written to, for interventions that read an earlier site of the same forward.
     """
 
     def __init__(
         self,
         cache: Iterable[str] = (),
         interventions: Mapping[str, Intervention] | None = None,
+        store: dict[str, Tensor] | None = None,
     ) -> None:
         self.requested = frozenset(cache)
         self.interventions = dict(interventions or {})
-        self.cache: dict[str, Tensor] = {}
-        touched = self.requested | self.interventions.keys()
-        self._explicit_layers = {
-            layer
-            for layer, kind in map(parse_site, touched)
-            if layer is not None and kind in EXPLICIT_ATTENTION_SITES
-        }
+        self.cache: dict[str, Tensor] = {} if store is None else store
+        self._explicit_layers: set[int] = set()
+        for name in self.requested | self.interventions.keys():
+            self._note(name)
+
+    def _note(self, name: str) -> None:
+        layer, kind = parse_site(name)
+        if layer is not None and kind in EXPLICIT_ATTENTION_SITES:
+            self._explicit_layers.add(layer)
+
+    def add_intervention(self, name: str, intervention: Intervention) -> None:
+        """Apply `intervention` at `name` after any already registered there."""
+        before = self.interventions.get(name)
+        if before is None:
+            self.interventions[name] = intervention
+        else:
+            self.interventions[name] = lambda x: intervention(before(x))
+        self._note(name)
 
     def __call__(self, name: str, value: Tensor) -> Tensor:
         intervene = self.interventions.get(name)

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
 from ihlab.data import FewShotConfig, make_datamodule
 from ihlab.dynamics import learning_time
@@ -159,6 +160,7 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
         torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = make_datamodule(config.data, config.seed)
+    clamps = build_clamp_set(config.clamps, config.model, datamodule.io)
     torch.manual_seed(derive_seed(config.seed, "init"))
     icl = (config.trainer.icl_early, config.trainer.icl_late)
     module = LabModule(
@@ -171,6 +173,8 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
         score_every=config.trainer.score_every,
         log_every=config.trainer.log_every,
         icl_positions=None if None in icl else icl,
+        clamps=clamps,
+        eval_unclamped=config.trainer.eval_unclamped,
     )
     csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
     start_step = 0

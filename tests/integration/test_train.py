@@ -107,11 +107,6 @@ def test_config_error_in_a_multirun_job_is_recorded_not_raised(tmp_path: Path) -
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.xfail(
-    reason="known bug: in a fresh venv this run gets a SIGTERMException from Lightning's handler "
-    "(passes in the dev venv); under investigation, see the issue-2 note",
-    strict=False,
-)
 def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -> None:
     run_training(*SHORT, wandb=True)
     record = read_offline_wandb(tmp_path / "run")

@@ -327,6 +327,10 @@ class FewShotDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return stream_loader(self, self.train_batch)
 
+    def reference_batch(self, n: int) -> dict[str, Tensor]:
+        """n fixed train-split sequences, e.g. for a mean clamp."""
+        return self.sample(self.splits["train"], n, generator(self.seed, "reference"))
+
     @cached_property
     def eval_sets(self) -> dict[str, dict[str, Tensor]]:
         """Fixed evaluation sequences per split, made once from the seed."""

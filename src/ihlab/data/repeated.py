@@ -120,6 +120,10 @@ class RepeatedTokensDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return stream_loader(self, self.train_batch)
 
+    def reference_batch(self, n: int) -> dict[str, Tensor]:
+        """n fixed training-distribution sequences, e.g. for a mean clamp."""
+        return sample_repeated(self.cfg, n, generator(self.seed, "reference"))
+
     @cached_property
     def eval_set(self) -> dict[str, Tensor]:
         """The fixed evaluation sequences, made once from the seed."""

@@ -1,0 +1,404 @@
+"""Clamps: every value kind holds its site at the target in every step of a short training run,
+leaves the rest alone, follows its windows and passes gradient only where its value was computed
+from parameters; bad clamps fail before training, naming the clamp."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ihlab.clamps import (
+    ClampConfig,
+    ClampContext,
+    ClampSet,
+    HeadSelect,
+    ValueKind,
+    Window,
+    build_clamp_set,
+    check_clamps,
+    shifted,
+)
+from ihlab.data import FewShotConfig, RepeatedTokensConfig
+from ihlab.data.base import ModelIO
+from ihlab.errors import ConfigError
+from ihlab.model import ModelConfig, Positional, Transformer, shape_state
+from ihlab.sites import SiteHooks
+
+N_LABELS, D_FEATURES, N_HEADS = 5, 6, 4
+FEWSHOT_IO = ModelIO(n_ctx=5, d_features=D_FEATURES, n_labels=N_LABELS, d_vocab_out=N_LABELS)
+TOKENS_IO = ModelIO(n_ctx=24, d_vocab=9, d_vocab_out=9)
+MODEL = ModelConfig(
+    n_layers=2, n_heads=N_HEADS, d_model=16, positional=Positional.rope, init_std=0.3
+)
+
+
+def fewshot_batch(step: int, batch: int = 8) -> dict[str, Tensor]:
+    """x1 l1 x2 l2 xq with two distinct labels; the target is one of them."""
+    g = torch.Generator().manual_seed(step)
+    pair = torch.stack([torch.randperm(N_LABELS, generator=g)[:2] for _ in range(batch)])  # (b, 2)
+    labels = torch.full((batch, 5), -1)
+    labels[:, 1::2] = pair
+    features = torch.randn(batch, 5, D_FEATURES, generator=g) * (labels < 0)[..., None]
+    target = pair.gather(1, torch.randint(2, (batch, 1), generator=g))[:, 0]
+    return {"features": features, "labels": labels, "target": target}
+
+
+def token_batch(step: int, batch: int = 6) -> dict[str, Tensor]:
+    """Random tokens with a repeated half, so induction targets exist."""
+    g = torch.Generator().manual_seed(100 + step)
+    half = torch.randint(9, (batch, 12), generator=g)
+    return {"tokens": torch.cat([half, half], dim=1)}
+
+
+def fewshot_model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(MODEL, FEWSHOT_IO)
+
+
+def inputs_of(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in batch.items() if k != "target"}
+
+
+def loss_of(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    if "target" in batch:
+        return F.cross_entropy(logits[:, -1], batch["target"])
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["tokens"][:, 1:].flatten())
+
+
+Check = Callable[[Transformer, dict[str, Tensor], dict[str, Tensor]], None]
+
+
+def train_and_check(
+    clamps: ClampSet, sites: list[str], check: Check, steps: int = 4, tokens: bool = False
+) -> Transformer:
+    """A short Adam run through the clamped forward; `check(model, batch, cache)` runs at every
+    step on the cache of the very forward that is then trained on (parameters before the update)."""
+    torch.manual_seed(0)
+    model = Transformer(MODEL, TOKENS_IO if tokens else FEWSHOT_IO)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = token_batch(step) if tokens else fewshot_batch(step)
+        ctx = ClampContext(inputs_of(batch), batch.get("target"), step)
+        hooks = clamps.hooks(model, ctx, sites)
+        logits = model(inputs_of(batch), hooks)
+        with torch.no_grad():
+            check(model, batch, hooks.cache)
+        optimizer.zero_grad()
+        loss_of(logits, batch).backward()
+        optimizer.step()
+    return model
+
+
+def clamp_set(**clamps: ClampConfig) -> ClampSet:
+    return build_clamp_set(clamps, MODEL, FEWSHOT_IO)
+
+
+def clean(model: Transformer, batch: dict[str, Tensor], sites: list[str]) -> dict[str, Tensor]:
+    return model.run_with_cache(inputs_of(batch), sites)[1]
+
+
+# Every value kind holds its target.
+
+
+def test_zero_holds_the_selected_heads_at_zero_and_leaves_the_others() -> None:
+    site = "blocks.0.attn.z"
+
+    def check(model, batch, cache):
+        z, free = cache[site], clean(model, batch, [site])[site]
+        assert torch.equal(z[:, :, [1, 3]], torch.zeros_like(z[:, :, [1, 3]]))
+        assert torch.equal(z[:, :, [0, 2]], free[:, :, [0, 2]])
+
+    train_and_check(clamp_set(z=ClampConfig(site=site, heads=[1, 3])), [site], check)
+
+
+def test_constant_holds_the_selected_positions() -> None:
+    site = "blocks.1.resid_pre"
+
+    def check(model, batch, cache):
+        x, free = cache[site], clean(model, batch, [site])[site]
+        assert torch.equal(x[:, [0, 4]], torch.full_like(x[:, [0, 4]], 0.5))
+        assert torch.equal(x[:, 1:4], free[:, 1:4])
+
+    cfg = ClampConfig(site=site, value=ValueKind.constant, constant=0.5, positions=[0, -1])
+    train_and_check(clamp_set(c=cfg), [site], check)
+
+
+def test_mean_is_the_reference_batch_mean_under_the_current_parameters() -> None:
+    site = "blocks.0.attn.v"
+    clamps = clamp_set(m=ClampConfig(site=site, value=ValueKind.mean, heads=[2]))
+    reference = fewshot_batch(99, batch=16)
+    clamps.reference = inputs_of(reference)
+
+    def check(model, batch, cache):
+        mean = clean(model, reference, [site])[site].mean(dim=0)  # (pos, head, d_head)
+        v = cache[site]
+        torch.testing.assert_close(v[:, :, 2], mean[:, 2].expand_as(v[:, :, 2]), rtol=0, atol=0)
+        assert torch.equal(v[:, :, :2], clean(model, batch, [site])[site][:, :, :2])
+
+    train_and_check(clamps, [site], check)
+
+
+def test_previous_token_pattern() -> None:
+    site = "blocks.0.attn.pattern"
+
+    def check(model, batch, cache):
+        p = cache[site]  # (batch, head, query, key)
+        ideal = torch.zeros(5, 5)
+        for q in range(5):
+            ideal[q, max(q - 1, 0)] = 1.0
+        assert torch.equal(p[:, 0], ideal.expand_as(p[:, 0]))
+        assert torch.equal(p[:, 1:], clean(model, batch, [site])[site][:, 1:])
+
+    cfg = ClampConfig(site=site, value=ValueKind.previous_token, heads=[0])
+    train_and_check(clamp_set(prev=cfg), [site], check)
+
+
+def test_match_sets_the_query_row_and_nothing_else() -> None:
+    site = "blocks.1.attn.pattern"
+
+    def check(model, batch, cache):
+        p, free = cache[site], clean(model, batch, [site])[site]
+        for b in range(p.shape[0]):
+            correct = 1 if batch["labels"][b, 1] == batch["target"][b] else 3
+            row = torch.zeros(5)
+            row[correct], row[4 - correct] = 0.8, 0.2
+            assert torch.equal(p[b, :, 4], row.expand(N_HEADS, 5))
+        assert torch.equal(p[:, :, :4], free[:, :, :4])
+
+    cfg = ClampConfig(site=site, value=ValueKind.match, strength=0.8)
+    train_and_check(clamp_set(match=cfg), [site], check)
+
+
+def test_induction_pattern_on_repeated_tokens() -> None:
+    site = "blocks.1.attn.pattern"
+
+    def check(model, batch, cache):
+        tokens = batch["tokens"]
+        for b in range(tokens.shape[0]):
+            for q in range(tokens.shape[1]):
+                hits = [k + 1 for k in range(q) if tokens[b, k] == tokens[b, q]]
+                row = torch.zeros(tokens.shape[1])
+                row[hits or [0]] = 1.0 / max(len(hits), 1)
+                assert torch.equal(cache[site][b, 1, q], row)
+
+    cfg = ClampConfig(site=site, value=ValueKind.induction, heads=[1])
+    clamps = build_clamp_set({"ind": cfg}, MODEL, TOKENS_IO)
+    train_and_check(clamps, [site], check, tokens=True)
+
+
+def test_perfect_copy_gives_the_heads_scores_to_the_context_labels() -> None:
+    scores = "blocks.1.attn.scores"
+
+    def check(model, batch, cache):
+        logits, s = cache["logits"], cache[scores]
+        for b in range(logits.shape[0]):
+            expected = torch.full((N_LABELS,), -1e9)
+            for pos in (1, 3):
+                expected[batch["labels"][b, pos]] = s[b, [0, 2], 4, pos].mean()
+            torch.testing.assert_close(logits[b, 4], expected, rtol=0, atol=1e-6)
+        free = clean(model, batch, ["logits", scores])["logits"]  # same attention path
+        assert torch.equal(logits[:, :4], free[:, :4])
+
+    cfg = ClampConfig(site="logits", value=ValueKind.copy, source=scores, heads=[0, 2])
+    train_and_check(clamp_set(copy=cfg), ["logits", scores], check)
+
+
+def test_multipass_layer1_clamp() -> None:
+    site, embed, pattern = "blocks.0.resid_post", "blocks.0.resid_pre", "blocks.1.attn.pattern"
+
+    def check(model, batch, cache):
+        assert torch.equal(cache[site], cache[embed])
+        hooks = SiteHooks(cache=[embed, pattern])
+        hooks.add_intervention(site, lambda x: hooks.cache[embed] + shifted(hooks.cache[embed]))
+        model(inputs_of(batch), hooks)
+        assert torch.equal(cache[pattern], hooks.cache[pattern])
+
+    cfg = ClampConfig(site=site, value=ValueKind.multipass)
+    train_and_check(clamp_set(a=cfg), [site, embed, pattern], check)
+
+
+def test_graft_takes_the_site_from_another_runs_checkpoint(tmp_path: Path) -> None:
+    source = fewshot_model(seed=7)
+    path = tmp_path / "source.ckpt"
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "ihlab_model": shape_state(MODEL, FEWSHOT_IO)}, path)
+    site = "blocks.0.resid_post"
+
+    def check(model, batch, cache):
+        assert torch.equal(cache[site], clean(source, batch, [site])[site])
+
+    cfg = ClampConfig(site=site, value=ValueKind.graft, checkpoint=str(path))
+    train_and_check(clamp_set(graft=cfg), [site], check)
+
+
+@pytest.mark.parametrize("kind", ["pattern_preserving", "value_preserving"])
+def test_preserving_ablations_zero_the_head_and_freeze_the_later_layers(kind: str) -> None:
+    site = "blocks.0.attn.z"
+    frozen = "blocks.1.attn.pattern" if kind == "pattern_preserving" else "blocks.1.attn.v"
+
+    def check(model, batch, cache):
+        assert torch.equal(cache[site][:, :, 1], torch.zeros_like(cache[site][:, :, 1]))
+        assert torch.equal(cache[frozen], clean(model, batch, [frozen])[frozen])
+        ablated = {site: lambda z: torch.cat([z[:, :, :1], 0 * z[:, :, 1:2], z[:, :, 2:]], 2)}
+        hooks = SiteHooks(cache=[frozen], interventions=ablated)
+        model(inputs_of(batch), hooks)  # a plain ablation changes the frozen site
+        assert not torch.equal(cache[frozen], hooks.cache[frozen])
+
+    cfg = ClampConfig(site=site, value=ValueKind(kind), heads=[1])
+    train_and_check(clamp_set(ablate=cfg), [site, frozen], check)
+
+
+def test_ablate_others_keeps_only_the_named_heads() -> None:
+    site = "blocks.1.attn.v"
+
+    def check(model, batch, cache):
+        v = cache[site]
+        assert torch.equal(v[:, :, 1:], torch.zeros_like(v[:, :, 1:]))
+        assert torch.equal(v[:, :, 0], clean(model, batch, [site])[site][:, :, 0])
+
+    cfg = ClampConfig(site=site, value=ValueKind.ablate_others, heads=[0])
+    train_and_check(clamp_set(single=cfg), [site], check)
+
+
+def test_every_value_kind_is_tested() -> None:
+    tested = {
+        "zero", "constant", "mean", "previous_token", "match", "induction", "copy", "multipass",
+        "graft", "pattern_preserving", "value_preserving", "ablate_others",
+    }  # fmt: skip
+    assert {k.value for k in ValueKind} == tested
+
+
+# Upstream sites, windows, selection by score.
+
+
+def test_sites_before_the_clamp_are_untouched() -> None:
+    upstream = ["blocks.0.attn.pattern", "blocks.0.resid_post", "blocks.1.attn.q"]
+
+    def check(model, batch, cache):
+        free = clean(model, batch, upstream)
+        for name in upstream:
+            assert torch.equal(cache[name], free[name])
+
+    cfg = ClampConfig(site="blocks.1.attn.pattern", value=ValueKind.match)
+    train_and_check(clamp_set(match=cfg), upstream, check)
+
+
+def test_windows_switch_the_clamp_on_and_off_at_the_stated_steps() -> None:
+    site = "blocks.0.attn.z"
+    windows = [Window(start=1, stop=3), Window(start=5)]
+    clamps = clamp_set(z=ClampConfig(site=site, windows=windows))
+    seen: list[bool] = []
+
+    def check(model, batch, cache):
+        on = torch.equal(cache[site], torch.zeros_like(cache[site]))
+        assert on or torch.equal(cache[site], clean(model, batch, [site])[site])
+        seen.append(on)
+
+    train_and_check(clamps, [site], check, steps=7)
+    assert seen == [False, True, True, False, False, True, True]
+    assert clamps.clamps[0].active(10**6)
+
+
+def test_heads_chosen_by_a_reference_runs_scores(tmp_path: Path) -> None:
+    cols = [f"heads/previous_token/L0H{h}" for h in range(N_HEADS)]
+    rows = ["0,0," + ",".join(["0.1"] * N_HEADS), "50,1600,0.2,0.9,0.1,0.7"]
+    header = "step,sequences," + ",".join(cols)
+    (tmp_path / "metrics.csv").write_text("\n".join([header, *rows]))
+    select = HeadSelect(run=str(tmp_path), score="previous_token", top=2, step=50)
+    clamps = clamp_set(p=ClampConfig(site=PAT0, value=ValueKind.previous_token, select=select))
+    assert clamps.clamps[0].heads == [1, 3]
+    select.step = 7
+    with pytest.raises(ConfigError, match="at step 7"):
+        clamp_set(p=ClampConfig(site="blocks.0.attn.pattern", select=select))
+
+
+# The gradient rule, on parameter gradients.
+
+
+def grads(clamps: ClampSet, tokens: bool = False) -> dict[str, Tensor]:
+    model = fewshot_model()
+    batch = fewshot_batch(0)
+    ctx = ClampContext(inputs_of(batch), batch["target"], 0)
+    loss_of(model(inputs_of(batch), clamps.hooks(model, ctx)), batch).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def qkv_rows(grad: Tensor, part: int, head: int | None = None) -> Tensor:
+    """The rows of a fused qkv weight's gradient for q (0), k (1) or v (2), optionally one head."""
+    rows = grad.view(3, N_HEADS, -1, grad.shape[-1])[part]  # (head, d_head, d_model)
+    return rows if head is None else rows[head]
+
+
+def test_hand_built_values_pass_no_gradient_to_what_they_replace() -> None:
+    g = grads(clamp_set(p=ClampConfig(site="blocks.0.attn.pattern", value="previous_token")))
+    qkv = g["blocks.0.attn.qkv.weight"]
+    assert torch.all(qkv_rows(qkv, 0) == 0) and torch.all(qkv_rows(qkv, 1) == 0)
+    assert torch.any(qkv_rows(qkv, 2) != 0)  # values still learn through the clamped pattern
+
+    g = grads(clamp_set(z=ClampConfig(site="blocks.0.attn.z", heads=[2])))
+    assert torch.all(qkv_rows(g["blocks.0.attn.qkv.weight"], 2, head=2) == 0)
+    assert torch.any(qkv_rows(g["blocks.0.attn.qkv.weight"], 2, head=1) != 0)
+
+
+def test_values_computed_from_parameters_pass_gradient_through_their_computation() -> None:
+    copy = ClampConfig(site="logits", value=ValueKind.copy, source="blocks.1.attn.scores")
+    g = grads(clamp_set(copy=copy))
+    assert torch.all(g["unembed.weight"] == 0)  # the query's logits no longer come from it
+    assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 0) != 0)  # but from the scores
+
+    g = grads(clamp_set(a=ClampConfig(site="blocks.0.resid_post", value=ValueKind.multipass)))
+    assert torch.all(g["blocks.0.attn.qkv.weight"] == 0)  # layer 0 is replaced entirely
+    assert torch.any(g["embed_features.weight"] != 0)
+    assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 1) != 0)
+
+    clamps = clamp_set(m=ClampConfig(site="blocks.0.attn.z", value=ValueKind.mean))
+    clamps.reference = inputs_of(fewshot_batch(99))
+    g = grads(clamps)
+    assert torch.any(qkv_rows(g["blocks.0.attn.qkv.weight"], 2) != 0)  # through the mean
+
+
+def test_a_graft_passes_no_gradient(tmp_path: Path) -> None:
+    path = tmp_path / "source.ckpt"
+    state = {f"model.{k}": v for k, v in fewshot_model(seed=3).state_dict().items()}
+    torch.save({"state_dict": state, "ihlab_model": shape_state(MODEL, FEWSHOT_IO)}, path)
+    g = grads(
+        clamp_set(g=ClampConfig(site="blocks.0.resid_post", value="graft", checkpoint=str(path)))
+    )
+    assert torch.all(g["embed_features.weight"] == 0)
+    assert torch.any(g["blocks.1.attn.qkv.weight"] != 0)
+
+
+# Bad clamps fail before training, naming the clamp and the problem.
+
+FEW = FewShotConfig(n_train_classes=20, n_unseen_classes=5, n_classes=40)
+TOK = RepeatedTokensConfig()
+PAT0, PAT1, Z0 = "blocks.0.attn.pattern", "blocks.1.attn.pattern", "blocks.0.attn.z"
+BAD = [
+    ({"site": "blocks.5.attn.pattern"}, FEW, "'blocks.5.attn.pattern' does not exist"),
+    ({"site": "blocks.0.mlp.out"}, FEW, "'blocks.0.mlp.out' does not exist"),
+    ({"site": Z0, "heads": [4]}, FEW, "head 4 does not exist"),
+    ({"site": "blocks.0.resid_post", "heads": [0]}, FEW, "no head axis"),
+    ({"site": Z0, "value": "previous_token"}, FEW, "needs an attn.pattern site"),
+    ({"site": PAT0, "value": "constant"}, FEW, "any site but attn.pattern"),
+    ({"site": PAT1, "value": "match"}, TOK, "needs few-shot data"),
+    ({"site": PAT1, "value": "induction"}, FEW, "needs token data"),
+    ({"site": "logits", "value": "copy", "source": "blocks.1.attn.scores"}, TOK, "few-shot"),
+    ({"site": "logits", "value": "copy", "source": "blocks.1.attn.z"}, FEW, "source="),
+    ({"site": "blocks.1.resid_post", "value": "multipass"}, FEW, "l < 1"),
+    ({"site": "blocks.1.attn.v", "value": "ablate_others"}, FEW, "needs heads"),
+    ({"site": Z0, "value": "graft", "checkpoint": "nowhere.ckpt"}, FEW, "does not exist"),
+    ({"site": Z0, "positions": [9]}, FEW, "position 9"),
+    ({"site": Z0, "windows": [Window(5, 5)]}, FEW, "window [5, 5)"),
+]
+
+
+@pytest.mark.parametrize(("clamp", "data", "message"), BAD)
+def test_bad_clamps_are_rejected_naming_the_clamp(clamp, data, message) -> None:
+    with pytest.raises(ConfigError, match="clamps.bad: .*" + re.escape(message)):
+        check_clamps({"bad": ClampConfig(**clamp)}, MODEL, data)
