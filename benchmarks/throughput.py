@@ -16,19 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from timing import WARMUP, lab_steps_per_sec
 from torch import Tensor, nn
 
 from ihlab.config import register_configs, to_train_config
 from ihlab.data import make_datamodule
 from ihlab.module import LabModule
-from ihlab.outputs import MetricsCSV
-from ihlab.train import build_trainer, config_dir
-
-WARMUP = 20
+from ihlab.train import config_dir
 
 
 class BareBlock(nn.Module):
@@ -64,38 +61,6 @@ class BareModel(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.unembed(self.ln_final(x))
-
-
-class StepTimer(L.Callback):
-    """Wall time of the training steps after the warm-up."""
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == WARMUP:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
-        self.steps_per_sec = (trainer.global_step - WARMUP) / (time.perf_counter() - self.start)
-
-
-def lab_steps_per_sec(config, steps: int, out: Path) -> float:
-    config.trainer.max_steps = steps
-    config.trainer.eval_every = steps + 1  # training steps only
-    datamodule = make_datamodule(config.data, config.seed)
-    module = LabModule(
-        config.model,
-        config.optim,
-        datamodule.io,
-        eval_splits=datamodule.eval_splits,
-        max_steps=steps,
-        batch_size=config.data.batch_size,
-        score_every=0,
-        log_every=config.trainer.log_every,
-    )
-    trainer = build_trainer(config, out, [MetricsCSV(out / "metrics.csv", config.data.batch_size)])
-    timer = StepTimer()
-    trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=datamodule)
-    return timer.steps_per_sec
 
 
 def bare_steps_per_sec(config, steps: int) -> float:

@@ -24,6 +24,7 @@ with another pass-based clamp.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -263,12 +264,17 @@ class ClampContext:
 # Hand-built values: (value, entries it defines) for a site of this shape.
 
 
-def previous_token_pattern(n: int, like: Tensor) -> Tensor:
-    """(query, key): each position attends 1.0 to the one before it, position 0 to itself."""
-    rows = torch.arange(n, device=like.device)
-    pattern = torch.zeros(n, n, dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=16)
+def _previous_token_pattern(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    rows = torch.arange(n, device=device)
+    pattern = torch.zeros(n, n, dtype=dtype, device=device)
     pattern[rows, (rows - 1).clamp(min=0)] = 1.0
     return pattern
+
+
+def previous_token_pattern(n: int, like: Tensor) -> Tensor:
+    """(query, key): each position attends 1.0 to the one before it, position 0 to itself."""
+    return _previous_token_pattern(n, like.dtype, like.device)
 
 
 def induction_pattern(tokens: Tensor, like: Tensor) -> Tensor:
@@ -334,6 +340,7 @@ class Clamp:
             self.heads = [h for h in range(n_heads) if h not in self.heads]
         self.n_heads = n_heads
         self.windows = [(w.start, math.inf if w.stop is None else w.stop) for w in cfg.windows]
+        self._masks: dict[tuple[torch.Size, torch.device], Tensor] = {}
 
     def active(self, step: int) -> bool:
         return not self.windows or any(a <= step < b for a, b in self.windows)
@@ -343,7 +350,13 @@ class Clamp:
         return self.kind in PASS_KINDS
 
     def mask(self, like: Tensor) -> Tensor:
-        """Boolean mask of the selected heads x positions, broadcastable to `like`."""
+        """Boolean mask of the selected heads x positions, broadcastable to `like` (cached)."""
+        key = (like.shape[1:], like.device)
+        if key not in self._masks:
+            self._masks[key] = self._mask(like)
+        return self._masks[key]
+
+    def _mask(self, like: Tensor) -> Tensor:
         mask = torch.ones([1] * like.dim(), dtype=torch.bool, device=like.device)
         head_axis = HEAD_AXIS.get(self.site_kind)
         if head_axis is not None:
@@ -390,10 +403,16 @@ class Clamp:
 
 def _axis_mask(like: Tensor, axis: int, index: Sequence[int]) -> Tensor:
     """Boolean mask (1, .., n, .., 1), True at `index` on `axis` (negatives count from the end)."""
-    n = like.shape[axis]
-    keep = torch.zeros(n, dtype=torch.bool, device=like.device)
-    keep[torch.tensor([i % n for i in index], dtype=torch.long, device=like.device)] = True
-    shape = [1] * like.dim()
+    return _cached_axis_mask(like.dim(), like.shape[axis], axis, tuple(index), like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_axis_mask(
+    dims: int, n: int, axis: int, index: tuple[int, ...], device: torch.device
+) -> Tensor:
+    keep = torch.zeros(n, dtype=torch.bool, device=device)
+    keep[torch.tensor([i % n for i in index], dtype=torch.long, device=device)] = True
+    shape = [1] * dims
     shape[axis] = n
     return keep.view(shape)
 

@@ -8,6 +8,7 @@ and Olsson et al.'s smeared keys. With no site requested the attention takes PyT
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -92,6 +93,12 @@ class Rotary(nn.Module):
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+@functools.lru_cache(maxsize=16)
+def future_mask(n: int, device: torch.device) -> Tensor:
+    """(query, key) True where the key lies in the query's future."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+
+
 def smear_keys(k: Tensor, alpha: Tensor) -> Tensor:
     """key_j <- sigmoid(alpha) key_j + (1 - sigmoid(alpha)) key_{j-1}, per head; key_0 unchanged."""
     s = torch.sigmoid(alpha)[:, None]  # (head, 1)
@@ -121,11 +128,12 @@ class Attention(nn.Module):
         k = hooks(f"{p}.k", k)  # (batch, pos, head, d_head)
         v = hooks(f"{p}.v", v)  # (batch, pos, head, d_head)
         if hooks.explicit_attention(self.layer):
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
-            future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)  # (query, key)
+            qh, kh = q.transpose(1, 2), k.transpose(1, 2)  # (batch, head, pos, d_head)
+            scores = (qh @ kh.transpose(-1, -2)) / math.sqrt(self.d_head)  # (b, head, q, k)
+            future = future_mask(n, x.device)  # (query, key)
             scores = hooks(f"{p}.scores", scores.masked_fill(future, float("-inf")))
             pattern = hooks(f"{p}.pattern", scores.softmax(dim=-1))  # (batch, head, query, key)
-            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # (batch, pos, head, d_head)
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (batch, pos, head, d_head)
         else:
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True

@@ -1,0 +1,49 @@
+"""Clamp overhead: training steps per second with a typical clamp set vs unclamped, side by side.
+
+Both runs train `fewshot_fast` (the CPU-sized Singh et al. model and task) with ihlab-train's module
+on the same batches; the clamped one holds previous-token attention in a layer-0 head and a perfect
+match pattern in every layer-1 head (clamp=[prev_token,match]), which also switches both layers
+from fused attention to the explicit path that materialises patterns. Rounds alternate to spread
+machine noise; the median ratio is printed.
+
+    python benchmarks/clamp_overhead.py [--steps 600] [--rounds 3] [--clamp '[prev_token,match]']
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from timing import lab_steps_per_sec
+
+from ihlab.config import register_configs, to_train_config
+from ihlab.train import config_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clamp", default="[prev_token,match]")
+    args = parser.parse_args()
+    register_configs()
+    base = ["experiment=fewshot_fast", "logger=csv", "trainer.progress_bar=false"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        plain = compose("train", overrides=base)
+        clamped = compose("train", overrides=[*base, f"clamp={args.clamp}"])
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            free = lab_steps_per_sec(to_train_config(plain), args.steps, Path(tmp) / f"p{r}")
+            held = lab_steps_per_sec(to_train_config(clamped), args.steps, Path(tmp) / f"c{r}")
+            ratios.append(held / free)
+            print(f"round {r}: clamped {held:.1f} steps/s, unclamped {free:.1f} steps/s")
+    ratio = statistics.median(ratios)
+    print(f"ratio (clamp={args.clamp} / unclamped), median of {args.rounds}: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

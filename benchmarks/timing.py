@@ -1,0 +1,51 @@
+"""Shared by the benchmarks: steps per second of ihlab-train's module on a config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+
+from ihlab.clamps import build_clamp_set
+from ihlab.config import TrainConfig
+from ihlab.data import make_datamodule
+from ihlab.module import LabModule
+from ihlab.outputs import MetricsCSV
+from ihlab.train import build_trainer
+
+WARMUP = 20
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after the warm-up."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.steps_per_sec = (trainer.global_step - WARMUP) / (time.perf_counter() - self.start)
+
+
+def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
+    """Training steps per second after WARMUP steps, with the config's clamps, no evaluation."""
+    config.trainer.max_steps = steps
+    config.trainer.eval_every = steps + 1  # training steps only
+    datamodule = make_datamodule(config.data, config.seed)
+    module = LabModule(
+        config.model,
+        config.optim,
+        datamodule.io,
+        eval_splits=datamodule.eval_splits,
+        max_steps=steps,
+        batch_size=config.data.batch_size,
+        score_every=0,
+        log_every=config.trainer.log_every,
+        clamps=build_clamp_set(config.clamps, config.model, datamodule.io),
+    )
+    trainer = build_trainer(config, out, [MetricsCSV(out / "metrics.csv", config.data.batch_size)])
+    timer = StepTimer()
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=datamodule)
+    return timer.steps_per_sec
