@@ -46,3 +46,18 @@ def test_fewshot_fast_plateaus_at_ln2_then_generalizes_to_new_pairs_and_classes(
     assert final["eval/train/acc"] > 0.9
     assert final["eval/heldout_pairs/acc"] > 0.9  # label pairs never seen in training
     assert final["eval/unseen_classes/acc"] > 0.9  # classes never seen in training
+
+
+def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
+    run_training,
+) -> None:
+    """Singh et al.: clamping previous-token attention moves the phase change earlier; clamping
+    subcircuit A removes the plateau. Seed 0 of fewshot_fast (README: 3 seeds, same picture)."""
+    short = ("experiment=fewshot_fast", "data.eval_size=500", "trainer.score_every=0")
+    free = run_training(*short, "trainer.max_steps=2000", name="free")
+    prev = run_training(*short, "clamp=prev_token", "trainer.max_steps=1200", name="prev")
+    a = run_training(*short, "clamp=subcircuit_a", "trainer.max_steps=600", name="a")
+    free_at, prev_at, a_at = (s["learning_time"]["step"] for s in (free, prev, a))
+    assert free_at is not None and prev_at is not None and a_at is not None
+    assert prev_at <= 0.7 * free_at  # measured: 700 vs 1700
+    assert a_at <= 0.3 * free_at  # measured: 300 vs 1700
