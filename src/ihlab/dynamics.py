@@ -1,8 +1,15 @@
-"""Training dynamics read off logged curves."""
+"""Training dynamics read off logged curves: learning time and phase-change detection."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+PHASE_CHANGE_METHOD = "peak-slope"
 
 
 def learning_time(steps: Sequence[int], values: Sequence[float], threshold: float) -> int | None:
@@ -10,3 +17,106 @@ def learning_time(steps: Sequence[int], values: Sequence[float], threshold: floa
     if len(steps) != len(values):
         raise ValueError(f"steps ({len(steps)}) and values ({len(values)}) differ in length.")
     return next((int(s) for s, v in zip(steps, values, strict=True) if v < threshold), None)
+
+
+@dataclass
+class PhaseChange:
+    """A detected drop of a curve: onset, steepest point and end (steps), or none.
+
+    `detected` False means the curve has no phase change by the method's criteria (the step fields
+    are then None and `reason` says which criterion failed); nothing is invented.
+    """
+
+    detected: bool
+    method: str
+    onset: int | None = None
+    steepest: int | None = None
+    end: int | None = None
+    drop: float | None = None  # smoothed value at onset minus at end
+    noise: float | None = None  # robust s.d. of the curve around its smoothed version
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect_phase_change(
+    steps: Sequence[int],
+    values: Sequence[float],
+    smooth_frac: float = 0.02,
+    edge_frac: float = 0.2,
+    min_noise_ratio: float = 3.0,
+    min_range_frac: float = 0.2,
+) -> PhaseChange:
+    """Find the phase change of a decreasing curve (a loss), robust to noise.
+
+    Method ("peak-slope"): smooth the curve with a Gaussian kernel (s.d. `smooth_frac` of the
+    points, at least one) and take its rate of decrease per step. Every local peak of the rate is a
+    candidate transition, running from its onset (the last earlier point where the rate is below
+    `edge_frac` of that peak) to its end (the first later such point), and the steepest point of
+    its own transition. A candidate counts only if
+    - it has an onset: the curve was flatter before it, so the fast start of a monotone convex
+      curve (exponential or power-law decay) is not a phase change;
+    - it has an end inside the run;
+    - its drop (smoothed value at onset minus at end) exceeds `min_noise_ratio` times the curve's
+      noise (median absolute deviation of the raw curve around the smoothed one, as an s.d.) and
+      `min_range_frac` of the smoothed curve's whole range, so wiggles are not one.
+    The largest such drop is the phase change. Steps need not be evenly spaced; NaNs are dropped.
+    """
+    x = np.asarray(steps, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"steps ({len(x)}) and values ({len(y)}) differ in length.")
+    keep = np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 8:
+        return PhaseChange(False, PHASE_CHANGE_METHOD, reason=f"only {len(x)} points")
+    smooth = gaussian_filter1d(y, sigma=max(1.0, smooth_frac * len(y)), mode="nearest")
+    residual = y - smooth
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    span = float(smooth.max() - smooth.min())
+    rate = -np.gradient(smooth, x)  # decrease per step, (points,)
+    peaks = [
+        i
+        for i in range(len(rate))
+        if rate[i] > 0
+        and (i == 0 or rate[i] >= rate[i - 1])
+        and (i == len(rate) - 1 or rate[i] > rate[i + 1])
+    ]
+    best: PhaseChange | None = None
+    reasons: dict[str, str] = {}
+    biggest = 0.0
+    for peak in peaks:
+        low = rate < edge_frac * rate[peak]
+        before, after = np.flatnonzero(low[:peak]), np.flatnonzero(low[peak:])
+        if len(before) == 0:
+            reasons["convex"] = "falls fastest from the start (convex decay)"
+            continue
+        if len(after) == 0:
+            reasons["open"] = "still falling steeply at the last step"
+            continue
+        onset, end = int(before[-1]), peak + int(after[0])
+        if rate[onset:end].max() > rate[peak]:
+            continue  # a bump on the flank of a steeper peak, which is its own candidate
+        drop = float(smooth[onset] - smooth[end])
+        if drop < min_noise_ratio * noise or drop < min_range_frac * span:
+            biggest = max(biggest, drop)
+            reasons["small"] = (
+                f"every drop (at most {biggest:.3g}) is below {min_noise_ratio} x noise "
+                f"{noise:.3g} or {min_range_frac} x range {span:.3g}"
+            )
+            continue
+        if best is None or drop > (best.drop or 0.0):
+            best = PhaseChange(
+                True,
+                PHASE_CHANGE_METHOD,
+                onset=int(x[onset]),
+                steepest=int(x[peak]),
+                end=int(x[end]),
+                drop=drop,
+                noise=noise,
+            )
+    if best is not None:
+        return best
+    reason = "; ".join(reasons.values()) or "the curve never decreases"
+    return PhaseChange(False, PHASE_CHANGE_METHOD, noise=noise, reason=reason)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
 from ihlab.data import FewShotConfig, make_datamodule
-from ihlab.dynamics import learning_time
+from ihlab.dynamics import detect_phase_change, learning_time
 from ihlab.errors import ConfigError
 from ihlab.module import LabModule
 from ihlab.outputs import MetricsCSV, read_metrics, write_summary
@@ -148,6 +148,10 @@ def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) ->
             "threshold": threshold,
             "step": learning_time([s for s, _ in curve], [v for _, v in curve], threshold),
         },
+        "phase_change": {
+            "metric": metric,
+            **detect_phase_change([s for s, _ in curve], [v for _, v in curve]).to_dict(),
+        },
     }
 
 
@@ -199,10 +203,13 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
     )
     write_summary(run_dir / "summary.json", summary)
     for logger in loggers[1:]:
+        phase = summary["phase_change"]
         logger.experiment.summary.update(
             {
                 "learning_time": summary["learning_time"]["step"],
                 "steps_per_sec": summary["steps_per_sec"],
+                "phase_change/detected": phase["detected"],
+                **{f"phase_change/{k}": phase[k] for k in ("onset", "steepest", "end")},
             }
         )
         logger.experiment.finish()

@@ -41,6 +41,8 @@ def test_fewshot_fast_plateaus_at_ln2_then_generalizes_to_new_pairs_and_classes(
     plateau = [loss for step, loss in losses if 400 <= step < learned_at - 500]
     assert len(plateau) >= 5
     assert all(0.6 < loss < 0.8 for loss in plateau)  # ln 2 = 0.693: a guess between two labels
+    phase = summary["phase_change"]  # measured: onset 1000, steepest 1500, end 2000
+    assert phase["detected"] and phase["onset"] < learned_at <= phase["end"]
     final = summary["final"]
     assert final["eval/train/loss"] < 0.4 * math.log(2)
     assert final["eval/train/acc"] > 0.9

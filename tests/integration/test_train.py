@@ -39,6 +39,8 @@ def test_run_directory_follows_the_output_contract(run_training, tmp_path: Path)
     assert on_disk["steps"] == 60 and on_disk["sequences"] == 60 * 64
     assert on_disk["steps_per_sec"] > 0 and on_disk["wall_time_s"] > 0
     assert "learning_time" in on_disk and "eval/loss_repeat" in on_disk["final"]
+    assert on_disk["phase_change"]["method"] == "peak-slope"
+    assert on_disk["phase_change"]["detected"] is False  # 3 evaluations: too few to tell
     assert summary["steps"] == 60
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["last.ckpt", "step_000030.ckpt", "step_000060.ckpt"]
@@ -125,7 +127,8 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
     assert any(k.startswith("heads/heatmap") for k in keys)
     assert sum(f.startswith("media/images/heads/heatmap") for f in record["files"]) == 4
     assert "resolved.yaml" in record["files"]
-    assert {"learning_time", "steps_per_sec", "eval/loss_repeat"} <= record["summary"].keys()
+    expected_summary = {"learning_time", "steps_per_sec", "eval/loss_repeat", "phase_change/onset"}
+    assert expected_summary <= record["summary"].keys()
     run = record["run"]
     assert run.display_name == "induction_2l-baseline-s0"
     assert run.run_group == "induction_2l/baseline"
@@ -143,7 +146,10 @@ def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: P
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     first_eval = next(r for r in rows if "eval/loss_repeat" in r)
     assert first_eval["eval/loss_repeat"] > 0.5 * ln_vocab  # it had to be learned
-    assert summary["learning_time"]["step"] is not None
+    learned_at = summary["learning_time"]["step"]
+    assert learned_at is not None
+    phase = summary["phase_change"]  # measured: onset 350, steepest 500, end 750; learned 900
+    assert phase["detected"] and 0 < phase["onset"] < phase["steepest"] < phase["end"] <= learned_at
 
     def best(row: dict, score: str) -> float:
         return max(v for k, v in row.items() if k.startswith(f"heads/{score}"))
