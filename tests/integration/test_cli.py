@@ -43,6 +43,23 @@ def test_multirun_of_two_jobs_writes_two_complete_run_directories(tmp_path: Path
         assert summary["steps"] == 20
 
 
+@pytest.mark.parametrize("launcher", ["submitit_local", "parallel"])
+def test_multirun_through_submitit_and_joblib_launchers(launcher: str, tmp_path: Path) -> None:
+    """The SLURM route (submitit, here its local executor) and local parallel jobs (joblib)."""
+    args = ["-m", f"launcher={launcher}", "clamp=none,prev_token", *QUICK]
+    result = ihlab_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert runs == ["0_baseline_s0", "1_prev_token_s0"]
+    for name in runs:
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == 20
+        assert (sweep / name / "checkpoints" / "last.ckpt").exists()
+    if launcher == "submitit_local":
+        assert (sweep / ".submitit").is_dir()
+
+
 def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
     result = ihlab_train(["-m", "model.n_heads=5,4", *QUICK], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
