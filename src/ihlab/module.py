@@ -241,6 +241,7 @@ class LabModule(L.LightningModule):
         for variant in self.eval_variants:
             hooks = SiteHooks(cache=names) if variant else self.clamp_hooks(probe, inputs, names)
             self.model(inputs, hooks)
-            scores[variant] = head_scores([hooks.cache[n] for n in names], ids)  # (layer, head)
+            patterns = [hooks.cache[n] for n in names]
+            scores[variant] = head_scores(patterns, ids, probe.get("labels"), probe.get("target"))
             log_head_scores(self.loggers, scores[variant], self.global_step, prefix=variant)
         return scores[""]

@@ -101,10 +101,11 @@ def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
 
 
 def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
-    """One panel per score: layers down, heads across, values in [0, 1]."""
+    """One panel per score: layers down, heads across, values in [0, 1] ([-1, 1] for signed)."""
     fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.4), squeeze=False)
     for ax, (name, grid) in zip(axes[0], scores.items(), strict=True):
-        image = ax.imshow(grid.cpu().numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        low = -1 if name == "induction_strength" else 0
+        image = ax.imshow(grid.cpu().numpy(), vmin=low, vmax=1, cmap="viridis", aspect="auto")
         ax.set(title=f"{name} (step {step})", xlabel="head", ylabel="layer")
         ax.set_xticks(range(grid.shape[1]))
         ax.set_yticks(range(grid.shape[0]))

@@ -63,6 +63,7 @@ def test_fewshot_run_logs_every_split(run_training, tmp_path: Path) -> None:
         assert 0.0 <= last[f"eval/{split}/acc"] <= 1.0
         assert last[f"eval/{split}/loss"] > 0
     assert "train/acc" in rows[-2] and "heads/prefix_matching/L1H7" in last
+    assert -1.0 <= last["heads/induction_strength/L1H7"] <= 1.0
 
 
 def test_resume_from_a_checkpoint_continues_identically(run_training, tmp_path: Path) -> None:

@@ -69,3 +69,15 @@ def test_positional_loss_averages_each_position_over_batches() -> None:
     metric.update(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
     metric.update(torch.tensor([[2.0, 2.0, 2.0]]))
     torch.testing.assert_close(metric.compute(), torch.tensor([2.0, 2.0, 2.0]))
+
+
+def test_induction_strength_is_attention_to_the_correct_minus_the_wrong_label() -> None:
+    from ihlab.metrics.heads import induction_strength
+
+    labels = torch.tensor([[-1, 3, -1, 1, -1], [-1, 0, -1, 2, -1]])  # x l x l xq
+    target = torch.tensor([1, 0])  # correct label at position 3, then at position 1
+    pattern = torch.zeros(2, 3, 5, 5)  # (batch, head, query, key)
+    pattern[0, 0, 4, 3] = pattern[1, 0, 4, 1] = 1.0  # head 0: all on the correct label
+    pattern[0, 1, 4, 1] = pattern[1, 1, 4, 3] = 1.0  # head 1: all on the wrong one
+    pattern[:, 2, 4] = 0.2  # head 2: uniform
+    assert induction_strength(pattern, labels, target).tolist() == pytest.approx([1.0, -1.0, 0.0])

@@ -44,9 +44,34 @@ def prefix_matching_score(pattern: Tensor, ids: Tensor) -> Tensor:
     return (on_target * weights).sum(dim=(0, 2)) / weights.sum()
 
 
-def head_scores(patterns: list[Tensor], ids: Tensor) -> dict[str, Tensor]:
-    """Previous-token and prefix-matching scores of every head: name -> (layer, head)."""
-    return {
+def induction_strength(pattern: Tensor, labels: Tensor, target: Tensor) -> Tensor:
+    """Singh et al.'s induction strength per head, (head,): the query's attention to the correct
+    label's position(s) minus its attention to the other labels' positions, averaged over the batch.
+
+    `labels` is (batch, pos) with -1 at exemplars, `target` (batch,) the query's label; the query is
+    the last position.
+    """
+    query = pattern[:, :, -1]  # (batch, head, key)
+    is_label = labels >= 0  # (batch, key)
+    correct = (is_label & (labels == target[:, None]))[:, None]  # (batch, 1, key)
+    wrong = (is_label & (labels != target[:, None]))[:, None]
+    return ((query * correct).sum(-1) - (query * wrong).sum(-1)).mean(dim=0)
+
+
+def head_scores(
+    patterns: list[Tensor],
+    ids: Tensor,
+    labels: Tensor | None = None,
+    target: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Scores of every head: name -> (layer, head). Previous-token and prefix-matching always;
+    induction strength when few-shot `labels` and `target` are given."""
+    scores = {
         "previous_token": torch.stack([previous_token_score(p) for p in patterns]),
         "prefix_matching": torch.stack([prefix_matching_score(p, ids) for p in patterns]),
     }
+    if labels is not None and target is not None:
+        scores["induction_strength"] = torch.stack(
+            [induction_strength(p, labels, target) for p in patterns]
+        )
+    return scores
