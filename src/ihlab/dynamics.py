@@ -120,3 +120,19 @@ def detect_phase_change(
         return best
     reason = "; ".join(reasons.values()) or "the curve never decreases"
     return PhaseChange(False, PHASE_CHANGE_METHOD, noise=noise, reason=reason)
+
+
+def per_token_loss_pca(losses: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Olsson et al.'s per-token-loss PCA: rows are checkpoints (evaluation steps), columns the
+    loss of fixed examples at fixed positions. Returns the rows projected on the first principal
+    components, (rows, n_components), and each component's share of the variance. Signs are fixed
+    so that the first row has non-positive coordinates (the trajectory starts on the left)."""
+    x = np.asarray(losses, dtype=float)
+    centred = x - x.mean(axis=0, keepdims=True)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    k = min(n_components, len(s))
+    coords = u[:, :k] * s[:k]  # (rows, k)
+    coords *= np.where(coords[:1] > 0, -1.0, 1.0)
+    total = float((s**2).sum())
+    explained = (s[:k] ** 2) / total if total > 0 else np.zeros(k)
+    return coords, explained

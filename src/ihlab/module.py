@@ -3,7 +3,8 @@
 Token data (repeated random tokens) trains next-token prediction at every position and reports the
 loss on the first vs repeated segment and the ICL score. Few-shot data trains only at the query and
 reports loss and accuracy per evaluation split. Every `score_every` steps, on the datamodule's fixed
-probe batch, each head's previous-token and prefix-matching scores are logged.
+probe batch, each head's previous-token and prefix-matching scores (and induction strength for
+few-shot data) are logged, with the weight-based copying and Q/K/V-composition scores.
 
 Clamps (clamps.py) act in every forward: training, evaluation and head scoring, so a clamped head's
 scores show what the network actually used. With `eval_unclamped` the evaluation and the head scores
@@ -15,18 +16,22 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ihlab.clamps import ClampContext, ClampSet, ValueKind
 from ihlab.data.base import ModelIO
+from ihlab.metrics.circuits import composition_scores, copying_score
 from ihlab.metrics.heads import head_scores
-from ihlab.metrics.loss_profile import PositionalLoss
+from ihlab.metrics.loss_profile import ExampleLoss, PositionalLoss
 from ihlab.model import ModelConfig, Transformer, shape_state
 from ihlab.optim import OptimConfig, build_optimizer, lr_factor
-from ihlab.outputs import log_head_scores
+from ihlab.outputs import StepTable, log_head_scores, loss_by_position_figure
 from ihlab.sites import SiteHooks
 
 
@@ -51,6 +56,8 @@ class LabModule(L.LightningModule):
         icl_positions: tuple[int, int] | None = None,
         clamps: ClampSet | None = None,
         eval_unclamped: bool = False,
+        tables: dict[str, StepTable] | None = None,
+        pca_examples: int = 256,
     ) -> None:
         super().__init__()
         self.model = Transformer(model_cfg, io)
@@ -62,10 +69,11 @@ class LabModule(L.LightningModule):
         self.token_task = io.d_vocab is not None
         self.eval_splits = eval_splits
         self.icl_positions = icl_positions
+        self.tables = tables or {}  # "loss_by_position", "per_token_loss": one row per evaluation
         self.eval_variants = ("", "unclamped/") if self.eval_unclamped else ("",)
         self.eval_metrics = torch.nn.ModuleDict(
             {
-                self._metrics_key(variant, s): self._split_metrics(io.n_ctx)
+                self._metrics_key(variant, s): self._split_metrics(io.n_ctx, pca_examples)
                 for variant in self.eval_variants
                 for s in eval_splits
             }
@@ -75,9 +83,15 @@ class LabModule(L.LightningModule):
     def _metrics_key(variant: str, split: str) -> str:
         return f"{'unclamped' if variant else 'split'}_{split}"
 
-    def _split_metrics(self, n_ctx: int) -> torch.nn.ModuleDict:
-        """Running loss and accuracy of one evaluation split (+ the loss profile for tokens)."""
-        metrics = {"loss": MeanMetric(), "acc": MeanMetric()}
+    def _split_metrics(self, n_ctx: int, n_examples: int) -> torch.nn.ModuleDict:
+        """Running loss and accuracy of one evaluation split, the per-example losses for the PCA
+        (+ the loss profile for tokens)."""
+        positions = n_ctx - 1 if self.token_task else 1
+        metrics = {
+            "loss": MeanMetric(),
+            "acc": MeanMetric(),
+            "examples": ExampleLoss(n_examples, positions, seed=0),
+        }
         if self.token_task:
             metrics.update(
                 profile=PositionalLoss(n_ctx - 1), loss_first=MeanMetric(), loss_repeat=MeanMetric()
@@ -194,6 +208,7 @@ class LabModule(L.LightningModule):
             token_loss = self.token_losses(logits, targets)
             split["loss"].update(token_loss)
             split["acc"].update((logits.argmax(dim=-1) == targets).float())
+            split["examples"].update(token_loss)
             if self.token_task:
                 repeat = batch["repeat_mask"]  # (batch, pos)
                 split["profile"].update(token_loss)
@@ -213,11 +228,34 @@ class LabModule(L.LightningModule):
                 profile = running["profile"].compute()  # (pos,)
                 early, late = self.icl_positions
                 metrics[f"{prefix}/icl_score"] = profile[late] - profile[early]
+            if not variant and split == self.eval_splits[0]:
+                self.record_tables(running)
             for metric in running.values():
                 metric.reset()
         self.send(metrics)
         for logger in self.loggers:
             logger.save()  # metrics.csv on disk is never more than one evaluation behind
+
+    def record_tables(self, running: torch.nn.ModuleDict) -> None:
+        """This evaluation's per-example losses (and loss by position) as rows of the run's
+        tables; the loss x position x step picture goes to W&B."""
+        step = self.global_step
+        if "per_token_loss" in self.tables:
+            self.tables["per_token_loss"].add(step, running["examples"].compute().tolist())
+            self.tables["per_token_loss"].save()
+        table = self.tables.get("loss_by_position")
+        if table is None or not self.token_task:
+            return
+        table.add(step, running["profile"].compute().tolist())
+        table.save()
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger) and len(table.rows) > 1:
+                steps = sorted(table.rows)
+                fig = loss_by_position_figure(
+                    np.array(steps), np.array([table.rows[s] for s in steps])
+                )
+                logger.log_image("eval/loss_by_position", [fig], step=step)
+                plt.close(fig)
 
     # head scores
 
@@ -237,11 +275,14 @@ class LabModule(L.LightningModule):
         if self.token_task:
             ids = ids[:, :-1]
         names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(len(self.model.blocks)))
+        weights = {"copying": copying_score(self.model), **composition_scores(self.model)}
         scores: dict[str, dict[str, Tensor]] = {}
         for variant in self.eval_variants:
             hooks = SiteHooks(cache=names) if variant else self.clamp_hooks(probe, inputs, names)
             self.model(inputs, hooks)
             patterns = [hooks.cache[n] for n in names]
             scores[variant] = head_scores(patterns, ids, probe.get("labels"), probe.get("target"))
+            if not variant:
+                scores[variant].update(weights)  # weight-based: the same with or without clamps
             log_head_scores(self.loggers, scores[variant], self.global_step, prefix=variant)
         return scores[""]

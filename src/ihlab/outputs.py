@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -84,6 +85,53 @@ def _fmt(value: float) -> str | int:
     return value if isinstance(value, int) else repr(float(value))
 
 
+class StepTable:
+    """A CSV holding one vector per step (loss by position, per-example losses): header
+    `step,<names>`, rows ordered by step and rewritten on every save. An existing file is read
+    first, so a resumed run keeps its earlier rows (`truncate_after` drops the ones it redoes)."""
+
+    def __init__(self, path: Path, names: Sequence[str]) -> None:
+        self.path, self.names = Path(path), list(names)
+        self.rows: dict[int, list[float]] = {}
+        if self.path.exists():
+            steps, _, values = read_step_table(self.path)
+            self.rows = {int(s): list(v) for s, v in zip(steps, values, strict=True)}
+
+    def add(self, step: int, values: Sequence[float]) -> None:
+        self.rows[step] = [float(v) for v in values]
+
+    def truncate_after(self, step: int) -> None:
+        self.rows = {s: r for s, r in self.rows.items() if s <= step}
+
+    def save(self) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", *self.names])
+            for step in sorted(self.rows):
+                writer.writerow([step, *self.rows[step]])
+
+
+def read_step_table(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(steps (n,), column names, values (n, columns)) of a StepTable CSV."""
+    with Path(path).open() as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [[float(x) for x in row] for row in reader]
+    data = np.array(rows, dtype=float).reshape(len(rows), len(header))
+    return data[:, 0].astype(int), header[1:], data[:, 1:]
+
+
+def loss_by_position_figure(steps: np.ndarray, losses: np.ndarray) -> plt.Figure:
+    """Olsson et al.'s picture: per-token loss over (training step x context position)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    extent = (0, losses.shape[1] - 1, float(steps[-1]), float(steps[0]))
+    image = ax.imshow(losses, aspect="auto", cmap="magma", extent=extent)
+    ax.set(xlabel="context position (target)", ylabel="optimizer step", title="loss by position")
+    fig.colorbar(image, ax=ax, label="loss (nats)")
+    fig.tight_layout()
+    return fig
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """Rows of a metrics.csv as dicts of floats (empty cells left out)."""
     with Path(path).open() as f:
@@ -91,12 +139,14 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
-    """`heads/{score}/L{layer}H{head}` -> value, for every head of every (layer, head) score map."""
+    """`heads/{score}/L{layer}H{head}` -> value, for every head of every (layer, head) score map
+    (NaN entries, such as layer 0's composition scores, are left out)."""
     return {
         f"heads/{name}/L{layer}H{head}": float(value)
         for name, grid in scores.items()
         for layer, row in enumerate(grid.tolist())
         for head, value in enumerate(row)
+        if not math.isnan(value)
     }
 
 
@@ -104,7 +154,7 @@ def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
     """One panel per score: layers down, heads across, values in [0, 1] ([-1, 1] for signed)."""
     fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.4), squeeze=False)
     for ax, (name, grid) in zip(axes[0], scores.items(), strict=True):
-        low = -1 if name == "induction_strength" else 0
+        low = -1 if name in ("induction_strength", "copying") else 0
         image = ax.imshow(grid.cpu().numpy(), vmin=low, vmax=1, cmap="viridis", aspect="auto")
         ax.set(title=f"{name} (step {step})", xlabel="head", ylabel="layer")
         ax.set_xticks(range(grid.shape[1]))

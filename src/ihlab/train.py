@@ -30,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
 from ihlab.data import FewShotConfig, make_datamodule
-from ihlab.dynamics import detect_phase_change, learning_time
+from ihlab.dynamics import detect_phase_change, learning_time, per_token_loss_pca
 from ihlab.errors import ConfigError
 from ihlab.module import LabModule
-from ihlab.outputs import MetricsCSV, read_metrics, write_summary
+from ihlab.outputs import MetricsCSV, StepTable, read_metrics, read_step_table, write_summary
 from ihlab.seeding import derive_seed
 
 log = logging.getLogger("ihlab.train")
@@ -110,10 +110,46 @@ def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, An
         config=resolved,
     )
     run = logger.experiment
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step")  # every panel's x-axis: steps
     resolved_yaml = run_dir / ".hydra" / "resolved.yaml"
     if resolved_yaml.exists():
         run.save(str(resolved_yaml), base_path=str(resolved_yaml.parent), policy="now")
     return logger
+
+
+PCA_EXAMPLES = 256
+
+
+def run_tables(config: TrainConfig, run_dir: Path, n_ctx: int) -> dict[str, StepTable]:
+    """The per-evaluation vector tables of a run: per-example losses (for the loss PCA) and, for
+    token data, loss by context position."""
+    n_examples = min(PCA_EXAMPLES, config.data.eval_size)
+    tables = {
+        "per_token_loss": StepTable(
+            run_dir / "per_token_loss.csv", [f"ex{i}" for i in range(n_examples)]
+        )
+    }
+    if not isinstance(config.data, FewShotConfig):
+        names = [f"pos{i}" for i in range(n_ctx - 1)]
+        tables["loss_by_position"] = StepTable(run_dir / "loss_by_position.csv", names)
+    return tables
+
+
+def write_loss_pca(run_dir: Path) -> dict[str, Any] | None:
+    """loss_pca.csv (step, pc1, pc2) from per_token_loss.csv; None with fewer than 3 evaluations."""
+    path = run_dir / "per_token_loss.csv"
+    if not path.exists():
+        return None
+    steps, _, losses = read_step_table(path)
+    if len(steps) < 3:
+        return None
+    coords, explained = per_token_loss_pca(losses)
+    with (run_dir / "loss_pca.csv").open("w") as f:
+        f.write("step,pc1,pc2\n")
+        for step, (pc1, pc2) in zip(steps, coords, strict=True):
+            f.write(f"{step},{pc1},{pc2}\n")
+    return {"file": "loss_pca.csv", "explained_variance": explained.tolist()}
 
 
 def checkpoint_step(path: str) -> int:
@@ -152,6 +188,7 @@ def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) ->
             "metric": metric,
             **detect_phase_change([s for s, _ in curve], [v for _, v in curve]).to_dict(),
         },
+        "loss_pca": write_loss_pca(run_dir),
     }
 
 
@@ -165,6 +202,7 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = make_datamodule(config.data, config.seed)
     clamps = build_clamp_set(config.clamps, config.model, datamodule.io)
+    tables = run_tables(config, run_dir, datamodule.io.n_ctx)
     torch.manual_seed(derive_seed(config.seed, "init"))
     icl = (config.trainer.icl_early, config.trainer.icl_late)
     module = LabModule(
@@ -179,12 +217,16 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
         icl_positions=None if None in icl else icl,
         clamps=clamps,
         eval_unclamped=config.trainer.eval_unclamped,
+        tables=tables,
+        pca_examples=len(tables["per_token_loss"].names),
     )
     csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
     start_step = 0
     if config.ckpt_path is not None:
         start_step = checkpoint_step(config.ckpt_path)
         csv_logger.truncate_after(start_step)
+        for table in tables.values():
+            table.truncate_after(start_step)
     loggers: list[Any] = [csv_logger]
     if config.wandb.mode != WandbMode.disabled:
         loggers.append(make_wandb_logger(config, run_dir, resolved))
@@ -194,6 +236,8 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
         trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     finally:
         csv_logger.save()
+        for table in tables.values():
+            table.save()
     fit_seconds = time.perf_counter() - fit_started
     summary = summarize(config, run_dir, trainer.global_step, time.perf_counter() - started)
     summary.update(
@@ -203,17 +247,25 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
     )
     write_summary(run_dir / "summary.json", summary)
     for logger in loggers[1:]:
-        phase = summary["phase_change"]
-        logger.experiment.summary.update(
-            {
-                "learning_time": summary["learning_time"]["step"],
-                "steps_per_sec": summary["steps_per_sec"],
-                "phase_change/detected": phase["detected"],
-                **{f"phase_change/{k}": phase[k] for k in ("onset", "steepest", "end")},
-            }
-        )
+        logger.experiment.summary.update(wandb_summary(summary))
         logger.experiment.finish()
     return summary
+
+
+def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The W&B run summary's headline keys: learning time, phase change, best accuracies, final ICL
+    score, speed."""
+    phase = summary["phase_change"]
+    out = {
+        "learning_time": summary["learning_time"]["step"],
+        "steps_per_sec": summary["steps_per_sec"],
+        "phase_change/detected": phase["detected"],
+        **{f"phase_change/{k}": phase[k] for k in ("onset", "steepest", "end")},
+        **{f"best/{k}": v for k, v in summary["best"].items()},
+    }
+    if "eval/icl_score" in summary["final"]:
+        out["final/icl_score"] = summary["final"]["eval/icl_score"]
+    return out
 
 
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import torch
 
 from conftest import compose_config, quiet, read_offline_wandb
 from ihlab.module import LabModule
-from ihlab.outputs import read_metrics
+from ihlab.outputs import read_metrics, read_step_table
 from ihlab.train import run_job
 
 SHORT = ("trainer.max_steps=60", "trainer.eval_every=20", "trainer.score_every=20")
@@ -80,6 +80,27 @@ def test_resume_from_a_checkpoint_continues_identically(run_training, tmp_path: 
     assert "train/loss" in resumed[40]
     for step in (50, 60, 70, 80):
         assert resumed[step] == full[step]
+    full_losses = read_step_table(tmp_path / "full" / "per_token_loss.csv")
+    resumed_losses = read_step_table(tmp_path / "resumed" / "per_token_loss.csv")
+    assert resumed_losses[0].tolist() == [60, 80]
+    assert (resumed_losses[2] == full_losses[2][-2:]).all()
+
+
+def test_loss_tables_and_pca_are_written_each_evaluation(run_training, tmp_path: Path) -> None:
+    summary = run_training(*SHORT)
+    run_dir = tmp_path / "run"
+    steps, names, by_position = read_step_table(run_dir / "loss_by_position.csv")
+    assert steps.tolist() == [20, 40, 60] and len(names) == by_position.shape[1] == 63
+    rows = {int(r["step"]): r for r in read_metrics(run_dir / "metrics.csv")}
+    for step, profile in zip(steps, by_position, strict=True):  # the ICL score's ingredients
+        early, late = 15, 62  # induction_2l: middle of the longest first segment, last target
+        assert rows[step]["eval/icl_score"] == pytest.approx(profile[late] - profile[early], 1e-5)
+    steps, names, losses = read_step_table(run_dir / "per_token_loss.csv")
+    assert steps.tolist() == [20, 40, 60] and losses.shape == (3, 256)
+    pca = read_step_table(run_dir / "loss_pca.csv")
+    assert pca[0].tolist() == [20, 40, 60] and pca[1] == ["pc1", "pc2"]
+    explained = summary["loss_pca"]["explained_variance"]
+    assert len(explained) == 2 and 0 < sum(explained) <= 1 + 1e-9
 
 
 def test_a_failed_run_keeps_its_log_metrics_and_checkpoints(tmp_path: Path, monkeypatch) -> None:
@@ -126,9 +147,19 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
     }
     assert expected <= keys
     assert any(k.startswith("heads/heatmap") for k in keys)
+    assert any(k.startswith("eval/loss_by_position") for k in keys)
+    assert "heads/copying/L0H0" in keys and "heads/k_composition/L1H0" in keys
     assert sum(f.startswith("media/images/heads/heatmap") for f in record["files"]) == 4
     assert "resolved.yaml" in record["files"]
-    expected_summary = {"learning_time", "steps_per_sec", "eval/loss_repeat", "phase_change/onset"}
+    expected_summary = {
+        "learning_time",
+        "steps_per_sec",
+        "eval/loss_repeat",
+        "phase_change/detected",
+        "phase_change/onset",
+        "final/icl_score",
+        "best/eval/acc",
+    }
     assert expected_summary <= record["summary"].keys()
     run = record["run"]
     assert run.display_name == "induction_2l-baseline-s0"

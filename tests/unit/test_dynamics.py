@@ -75,3 +75,35 @@ def test_nans_are_dropped_and_a_drop_at_the_end_is_not_invented() -> None:
 def test_learning_time_is_the_first_step_below_threshold() -> None:
     assert learning_time([0, 10, 20], [1.0, 0.2, 0.1], 0.25) == 10
     assert learning_time([0, 10], [1.0, 0.9], 0.25) is None
+
+
+def test_per_token_loss_pca_recovers_a_planar_trajectory() -> None:
+    from ihlab.dynamics import per_token_loss_pca
+
+    rng = np.random.default_rng(0)
+    v1, v2 = np.linalg.qr(rng.standard_normal((50, 2)))[0].T  # orthonormal directions
+    t = np.linspace(0, 1, 12)
+    a, b = 3 * t, np.where(t > 0.5, 2 * (t - 0.5), 0.0)  # a trajectory with a turn at t = 0.5
+    losses = 2.0 + np.outer(a, v1) + np.outer(b, v2)  # (checkpoints, examples)
+    coords, explained = per_token_loss_pca(losses)
+    assert coords.shape == (12, 2) and explained.sum() == pytest.approx(1.0)
+    assert (coords[0] <= 0).all()
+    centred = np.stack([a - a.mean(), b - b.mean()], axis=1)
+    gram = centred @ centred.T  # distances between checkpoints are what PCA keeps
+    assert np.allclose(coords @ coords.T, gram, atol=1e-9)
+
+
+def test_example_loss_takes_one_fixed_position_per_example_in_order() -> None:
+    import torch
+
+    from ihlab.metrics.loss_profile import ExampleLoss
+
+    metric = ExampleLoss(n_examples=5, n_positions=4, seed=0)
+    losses = torch.arange(28, dtype=torch.float32).view(7, 4)  # 7 examples x 4 positions
+    metric.update(losses[:3])
+    metric.update(losses[3:])
+    expected = losses[torch.arange(5), metric.positions]
+    assert torch.equal(metric.compute(), expected)
+    metric.reset()
+    metric.update(torch.ones(2))  # one loss per sequence (few-shot queries)
+    assert metric.compute().tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
