@@ -16,30 +16,31 @@ import csv
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from matplotlib.lines import Line2D
 from omegaconf import MISSING, DictConfig, OmegaConf
 from scipy.stats import mannwhitneyu, ttest_ind
 
+from ihlab.compare_plots import (
+    final_head_scores,
+    mean_grids,
+    mean_sd,
+    plot_curves,
+    plot_heads,
+    plot_onsets,
+)
 from ihlab.config import register_configs
 from ihlab.outputs import read_metrics
 from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.compare")
 
-HEAD_KEY = re.compile(r"^heads/([^/]+)/L(\d+)H(\d+)$")
 TESTED = ("learning_time", "final_loss")  # quantities tested against the baseline
 STATS = ("mwu_u", "mwu_p", "welch_t", "welch_p", "cohen_d", "rank_biserial")
 ICL_METRIC = "eval/icl_score"
@@ -121,14 +122,6 @@ def load_run(path: Path, group_by: str = "condition") -> Run:
     except (OSError, json.JSONDecodeError) as err:
         return Run(path, "unreadable", {"error": str(err)}, group_value(path, {}, group_by))
     return Run(path, str(summary.get("status")), summary, group_value(path, summary, group_by))
-
-
-def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample s.d. of the finite values (NaN where there are too few)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    mean = float(x.mean()) if len(x) else math.nan
-    return mean, float(x.std(ddof=1)) if len(x) > 1 else math.nan
 
 
 def compare_samples(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
@@ -352,148 +345,6 @@ def write_markdown(
     else:
         lines.append("None: every run completed.")
     path.write_text("\n".join(lines) + "\n")
-
-
-def _colors(groups: Sequence[str]) -> dict[str, Any]:
-    cycle = plt.get_cmap("tab10")
-    return {g: cycle(i % 10) for i, g in enumerate(groups)}
-
-
-def plot_curves(
-    path: Path,
-    curves: Mapping[str, Sequence[Mapping[int, float]]],
-    metric: str,
-    threshold: float | None,
-) -> None:
-    """curves.png: per group, the mean of `metric` over runs at each step, with a ±1 s.d. band."""
-    colors = _colors(list(curves))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for g, runs in curves.items():
-        steps = sorted({s for run in runs for s in run})
-        if not steps:
-            continue
-        stats = [mean_sd([run[s] for run in runs if s in run]) for s in steps]
-        mean = np.array([m for m, _ in stats])
-        sd = np.nan_to_num(np.array([s for _, s in stats]))
-        ax.plot(steps, mean, color=colors[g], label=f"{g} (n={len(runs)})")
-        ax.fill_between(steps, mean - sd, mean + sd, color=colors[g], alpha=0.2, linewidth=0)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="learning threshold")
-    ax.set(xlabel="optimizer steps", ylabel=metric, title=f"{metric}: mean ± 1 s.d. over seeds")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-ONSET_STYLES = {  # kind -> (marker, filled, legend label)
-    "onset": ("o", True, "phase-change onset"),
-    "learned": ("o", False, "no phase change detected: learning time"),
-    "never": ("^", False, "no phase change, never learned: last step"),
-}
-
-
-def plot_onsets(path: Path, values: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> None:
-    """onsets.png: phase-change onset per run, one column per group (filled); runs without a
-    detected phase change are hollow at their learning time (triangles: never learned: last step).
-    """
-    colors = _colors(groups)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 2), 4))
-    used: dict[str, None] = {}
-    for i, g in enumerate(groups):
-        vs = [v for v in values if v["group"] == g]
-        for j, v in enumerate(vs):
-            x = i + (0.25 * (j / (len(vs) - 1) - 0.5) if len(vs) > 1 else 0.0)
-            kind = "onset" if v["onset"] is not None else "learned" if v["learned"] else "never"
-            marker, filled, _ = ONSET_STYLES[kind]
-            y = v["onset"] if kind == "onset" else v["learning_time"]
-            face = colors[g] if filled else "none"
-            ax.plot(x, y, marker, color=colors[g], markerfacecolor=face, markersize=7)
-            used[kind] = None
-    legend = [
-        Line2D([], [], marker=m, color="k", markerfacecolor="k" if f else "none", ls="", label=t)
-        for m, f, t in (ONSET_STYLES[k] for k in ONSET_STYLES if k in used)
-    ]
-    if legend:
-        ax.legend(handles=legend, fontsize="small")
-    ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0)
-    ax.set_xlim(-0.5, len(groups) - 0.5)
-    ax.set(ylabel="optimizer steps", title="phase-change onset per seed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def final_head_scores(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
-    """Score kind -> (layers, heads) grid from the last metrics row with head scores (NaN where a
-    head has no score)."""
-    scored = [row for row in rows if any(HEAD_KEY.match(k) for k in row)]
-    if not scored:
-        return {}
-    found = [(m, v) for k, v in scored[-1].items() if (m := HEAD_KEY.match(k))]
-    grids: dict[str, np.ndarray] = {}
-    for kind in dict.fromkeys(m[1] for m, _ in found):
-        cells = [(int(m[2]), int(m[3]), v) for m, v in found if m[1] == kind]
-        grid = np.full((max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1), np.nan)
-        for layer, head, v in cells:
-            grid[layer, head] = v
-        grids[kind] = grid
-    return grids
-
-
-def mean_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
-    """Element-wise mean of grids of possibly different shapes (padded with NaN), NaN-aware."""
-    shape = tuple(max(g.shape[i] for g in grids) for i in range(2))
-    stack = np.full((len(grids), *shape), np.nan)
-    for i, g in enumerate(grids):
-        stack[i, : g.shape[0], : g.shape[1]] = g
-    counts = np.isfinite(stack).sum(axis=0)
-    sums = np.nansum(stack, axis=0)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def plot_heads(path: Path, heads: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """heads.png: one column per group, one row per score kind, each cell the group's mean final
-    head scores (layers down, heads across); one colour scale per row."""
-    groups = [g for g in heads if heads[g]]
-    kinds = list(dict.fromkeys(k for g in groups for k in heads[g]))
-    if not kinds:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no head scores in these runs", ha="center", va="center")
-        ax.axis("off")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return
-    fig, axes = plt.subplots(
-        len(kinds),
-        len(groups),
-        figsize=(2.8 * len(groups) + 1.2, 2.2 * len(kinds) + 0.6),
-        squeeze=False,
-        layout="constrained",
-    )
-    for r, kind in enumerate(kinds):
-        values = np.concatenate([heads[g][kind].ravel() for g in groups if kind in heads[g]])
-        values = values[np.isfinite(values)]
-        low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
-        lim = max(1.0, abs(low), high)
-        vmin, vmax = (-lim, lim) if low < 0 else (0.0, max(1.0, high))
-        image = None
-        for c, g in enumerate(groups):
-            ax = axes[r, c]
-            if kind not in heads[g]:
-                ax.axis("off")
-                continue
-            grid = heads[g][kind]
-            image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
-            ax.set_xticks(range(grid.shape[1]))
-            ax.set_yticks(range(grid.shape[0]))
-            ax.set(title=f"{g}: {kind}", xlabel="head", ylabel="layer")
-        if image is not None:
-            fig.colorbar(image, ax=axes[r, :].tolist())
-    fig.suptitle("final head scores, mean over each group's runs")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def compare(
