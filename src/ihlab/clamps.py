@@ -538,7 +538,9 @@ def load_graft_model(checkpoint: str, model_cfg: Any, io: Any, site: str) -> nn.
             f"({source_cfg}, {source_io}), so its {site} cannot stand in for this model's."
         )
     model = Transformer(source_cfg, source_io)
-    weights = {k[len("model.") :]: v for k, v in state["state_dict"].items()}
+    weights = {
+        k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")
+    }
     model.load_state_dict(weights)
     if site not in model.sites:
         raise ConfigError(f"graft checkpoint {checkpoint}: its model has no site {site!r}.")

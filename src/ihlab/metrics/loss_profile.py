@@ -43,7 +43,8 @@ class ExampleLoss(Metric):
     def __init__(self, n_examples: int, n_positions: int, seed: int = 0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("positions", torch.randint(n_positions, (n_examples,), generator=g))
+        positions = torch.randint(n_positions, (n_examples,), generator=g)  # (examples,)
+        self.register_buffer("positions", positions, persistent=False)
         self.add_state("losses", default=torch.zeros(n_examples), dist_reduce_fx="sum")
         self.add_state("cursor", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="max")
 
