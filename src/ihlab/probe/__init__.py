@@ -1,0 +1,1 @@
+"""`ihlab-probe`: induction heads in pretrained Hugging Face causal LMs (Crosbie & Shutova)."""

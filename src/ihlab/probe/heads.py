@@ -1,0 +1,148 @@
+"""Head scores of a pretrained model, every (layer, query head) at once (Crosbie & Shutova).
+
+Prefix matching by the paper's protocol: BOS + 50 distinct tokens from the middle of the
+vocabulary, repeated 4 times (201 tokens), 5 seeded sequences, one batched forward; for every query
+in repeats 2-4, the attention summed over the positions that follow the same token in all earlier
+repeats, averaged over queries and sequences. Previous-token score and an activation-based copying
+score come from the same forward.
+
+Decision: no token-frequency table ships with a model, so "the middle of the vocabulary by
+frequency" is taken as ids between the 4th and 96th percentile of the (BPE-ordered) vocabulary,
+special tokens excluded: BPE ids are assigned in merge order, roughly by frequency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ihlab.metrics.heads import prefix_matching_score, previous_token_score
+from ihlab.probe.attention import ProbeState, probing
+from ihlab.probe.models import LoadedModel
+from ihlab.seeding import generator
+
+SCORES = ("prefix_matching", "previous_token", "copying")
+
+
+@dataclass
+class PrefixProtocol:
+    n_tokens: int = 50
+    n_repeats: int = 4
+    n_sequences: int = 5
+    seed: int = 0
+    low: float = 0.04  # vocabulary quantiles the tokens are drawn between
+    high: float = 0.96
+
+
+def repeated_token_batch(loaded: LoadedModel, protocol: PrefixProtocol) -> Tensor:
+    """(sequences, 1 + n_tokens * n_repeats) token ids: BOS then n_tokens distinct ids, repeated."""
+    tok = loaded.tokenizer
+    vocab = len(tok)
+    special = set(tok.all_special_ids)
+    lo, hi = int(protocol.low * vocab), int(protocol.high * vocab)
+    pool = torch.tensor([i for i in range(lo, hi) if i not in special])
+    g = generator(protocol.seed, "prefix_matching")
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    rows = []
+    for _ in range(protocol.n_sequences):
+        tokens = pool[torch.randperm(len(pool), generator=g)[: protocol.n_tokens]]
+        rows.append(torch.cat([torch.tensor([bos]), tokens.repeat(protocol.n_repeats)]))
+    return torch.stack(rows)
+
+
+def output_projection(attention: nn.Module) -> nn.Module:
+    """The attention module's output projection (o_proj, c_proj, dense or out_proj)."""
+    for name in ("o_proj", "c_proj", "dense", "out_proj"):
+        if hasattr(attention, name):
+            return getattr(attention, name)
+    raise ValueError(f"no output projection found in {type(attention).__name__}.")
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The base model's final norm (norm, ln_f or final_layer_norm)."""
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layer_norm"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise ValueError(f"no final norm found in {type(base).__name__}.")
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Every layer's attention module, in layer order (those with a `layer_idx`)."""
+    found = {m.layer_idx: m for m in model.modules() if hasattr(m, "layer_idx") and _is_attn(m)}
+    return [found[i] for i in sorted(found)]
+
+
+def _is_attn(module: nn.Module) -> bool:
+    return any(hasattr(module, n) for n in ("o_proj", "c_proj", "dense", "out_proj")) and not any(
+        hasattr(module, n) for n in ("self_attn", "attn", "attention")
+    )
+
+
+@torch.no_grad()
+def copying_scores(
+    loaded: LoadedModel,
+    z: dict[int, Tensor],
+    tokens: Tensor,
+    patterns: dict[int, Tensor],
+    first: int,
+) -> Tensor:
+    """Empirical copying score per head, (layer, head) in [-1, 1], on one repeated sequence.
+
+    At the queries of the second repeat (`first` to `2 * first - 1`), each head's direct-path
+    logits (its z through its slice of the output projection, the final norm and the unembedding)
+    over the sequence's distinct tokens are mean-centred and ReLU'd; the score is the share of that
+    raise given to the token the head attends to most, averaged over those queries and rescaled
+    from [0, 1] to [-1, 1]. Decision: the share is taken among the tokens in context, not the
+    whole vocabulary: over ~50k logits any single token's share is ~0 even for a strong copier.
+    """
+    model = loaded.model
+    unembed, norm = model.get_output_embeddings(), final_norm(model)
+    attns = attention_modules(model)
+    queries = torch.arange(first, min(2 * first - 1, tokens.shape[1]), device=tokens.device)
+    candidates = tokens[0, 1:first]  # (tokens,) the distinct tokens in context
+    w_u = unembed.weight[candidates]  # (tokens, d_model)
+    b_u = unembed.bias[candidates] if getattr(unembed, "bias", None) is not None else 0.0
+    slot = torch.full((int(tokens.max()) + 1,), -1, dtype=torch.long, device=tokens.device)
+    slot[candidates] = torch.arange(len(candidates), device=tokens.device)
+    rows = []
+    for layer in range(loaded.n_layers):
+        proj = output_projection(attns[layer])
+        zl = z[layer][0, queries]  # (query, head, d_head)
+        n, heads, d_head = zl.shape
+        masked = torch.zeros(heads, n, heads, d_head, dtype=zl.dtype, device=zl.device)
+        for h in range(heads):
+            masked[h, :, h] = zl[:, h]
+        flat = masked.reshape(heads, n, heads * d_head)
+        out = proj(flat) - proj(torch.zeros_like(flat[:1]))  # (head, query, d_model)
+        logits = (norm(out) @ w_u.T + b_u).float()  # (head, query, tokens)
+        raised = (logits - logits.mean(dim=-1, keepdim=True)).relu()
+        attended = slot[tokens[0][patterns[layer][0][:, queries].argmax(-1)]]  # (head, query)
+        own = raised.gather(-1, attended.clamp(min=0)[..., None])[..., 0] * (attended >= 0)
+        share = own / raised.sum(dim=-1).clamp(min=1e-12)
+        rows.append(2 * share.mean(dim=1) - 1)
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def head_scores(
+    loaded: LoadedModel, protocol: PrefixProtocol | None = None, state: ProbeState | None = None
+) -> dict[str, Tensor]:
+    """prefix_matching, previous_token and copying, each (layer, query head), from one batched
+    forward (under `state`'s interventions, if given)."""
+    protocol = protocol or PrefixProtocol()
+    tokens = repeated_token_batch(loaded, protocol).to(loaded.model.device)
+    state = state or ProbeState()
+    state.capture_patterns = state.capture_z = True
+    with probing(state):
+        loaded.model(input_ids=tokens)
+    first = 1 + protocol.n_tokens  # queries in repeats 2-4 have an earlier occurrence
+    prefix = torch.stack(
+        [prefix_matching_score(state.patterns[i].float(), tokens) for i in range(loaded.n_layers)]
+    )
+    layers = range(loaded.n_layers)
+    previous = torch.stack([previous_token_score(state.patterns[i].float()) for i in layers])
+    copying = copying_scores(loaded, state.z, tokens, state.patterns, first)
+    return {"prefix_matching": prefix, "previous_token": previous, "copying": copying}
