@@ -33,7 +33,7 @@ from omegaconf.errors import ValidationError
 
 from ihlab.errors import ConfigError
 from ihlab.probe.evaluate import Condition, head_means, score_prompts
-from ihlab.probe.heads import SCORES, PrefixProtocol, head_scores
+from ihlab.probe.heads import SCORES, PrefixProtocol, head_scores, lab_head_scores
 from ihlab.probe.interventions import Ablation, Head, parse_heads, random_heads, top_heads
 from ihlab.probe.models import DEFAULT_MODEL, LoadedModel, load_model
 from ihlab.probe.tasks import TASKS, make_prompts, read_nlp_rows
@@ -44,7 +44,8 @@ log = logging.getLogger("ihlab.probe")
 
 @dataclass
 class ModelSource:
-    source: str = DEFAULT_MODEL  # smollm2 | a hub id | a local folder | a .gguf file
+    # smollm2 | a hub id | a local folder | a .gguf file | an ihlab-train .ckpt (head scores only)
+    source: str = DEFAULT_MODEL
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     device: str = "cpu"  # cpu | cuda | auto (accelerate's device map)
 
@@ -159,6 +160,13 @@ def run_probe(cfg: ProbeConfig, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if cfg.model.source.endswith(".ckpt"):  # the lab's own model: head scores only
+        loaded, scores = lab_head_scores(cfg.model.source, cfg.prefix)
+        write_heads(out, scores, loaded)
+        summary = {"model": loaded.name, "n_layers": loaded.n_layers, "n_heads": loaded.n_heads}
+        summary["max_prefix_matching"] = float(scores["prefix_matching"].max())
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
     loaded = load_model(cfg.model.source, cfg.model.dtype, cfg.model.device)
     log.info(
         "loaded %s: %d layers x %d heads (%d KV)",

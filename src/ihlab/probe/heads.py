@@ -14,6 +14,7 @@ special tokens excluded: BPE ids are assigned in merge order, roughly by frequen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -146,3 +147,46 @@ def head_scores(
     previous = torch.stack([previous_token_score(state.patterns[i].float()) for i in layers])
     copying = copying_scores(loaded, state.z, tokens, state.patterns, first)
     return {"prefix_matching": prefix, "previous_token": previous, "copying": copying}
+
+
+@torch.no_grad()
+def lab_head_scores(
+    checkpoint: str, protocol: PrefixProtocol | None = None
+) -> tuple[LoadedModel, dict[str, Tensor]]:
+    """The same scores for a checkpoint of the lab's own token models (`ihlab-train`): repeated
+    random tokens from its vocabulary (as many distinct tokens as fit its context), BOS first when
+    the model has one; copying is the weight-based score of `ihlab.metrics.circuits`."""
+    from ihlab.metrics.circuits import copying_score
+    from ihlab.model import Positional, Transformer, from_shape_state
+
+    protocol = protocol or PrefixProtocol()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "ihlab_model" not in state:
+        raise ValueError(f"{checkpoint} is not an ihlab-train checkpoint.")
+    cfg, io = from_shape_state(state["ihlab_model"])
+    if io.d_vocab is None:
+        raise ValueError(f"{checkpoint}: head scores need a token model (this one reads features).")
+    model = Transformer(cfg, io)
+    model.load_state_dict(
+        {k[6:]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    )
+    model.eval()
+    room = io.n_ctx - 1 if cfg.positional == Positional.learned else 10**6
+    n_tokens = min(protocol.n_tokens, io.d_vocab - 1, room // protocol.n_repeats)
+    g = generator(protocol.seed, "prefix_matching")
+    bos = io.d_vocab - 1  # ihlab's BOS is the last id when the data has one
+    rows = []
+    for _ in range(protocol.n_sequences):
+        tokens = torch.randperm(io.d_vocab - 1, generator=g)[:n_tokens]
+        rows.append(torch.cat([torch.tensor([bos]), tokens.repeat(protocol.n_repeats)]))
+    tokens = torch.stack(rows)[:, : io.n_ctx]
+    names = [f"blocks.{layer}.attn.pattern" for layer in range(cfg.n_layers)]
+    _, cache = model.run_with_cache({"tokens": tokens}, names)
+    scores = {
+        "prefix_matching": torch.stack([prefix_matching_score(cache[n], tokens) for n in names]),
+        "previous_token": torch.stack([previous_token_score(cache[n]) for n in names]),
+        "copying": copying_score(model),
+    }
+    name = Path(checkpoint).stem
+    loaded = LoadedModel(None, None, name, cfg.n_layers, cfg.n_heads, cfg.n_heads)
+    return loaded, scores

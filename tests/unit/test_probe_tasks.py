@@ -1,0 +1,87 @@
+"""Task generators: the paper's format, balanced classes, demos never sharing the query's words."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ihlab.probe.tasks import ABSTRACT, INSTRUCTION, WORD_TASKS, _matches, make_prompts
+
+TASK_NAMES = [*ABSTRACT, *WORD_TASKS]
+
+
+def demos_and_query(prompt) -> tuple[list[tuple[str, str]], str]:
+    """(sequence, label) of every demo, and the query sequence, parsed back from the text."""
+    body = prompt.text.removeprefix(INSTRUCTION)
+    *demos, query = body.split("\n\n")
+    return [tuple(d.rsplit(":", 1)) for d in demos], query.removesuffix(":")
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+@pytest.mark.parametrize("shots", [0, 5, 10])
+def test_prompts_are_balanced_and_leak_free(task: str, shots: int) -> None:
+    prompts = make_prompts(task, shots, n_prompts=12, seed=3)
+    n_classes = len(prompts[0].options)
+    assert Counter(p.label for p in prompts) == Counter(
+        {c: 12 // n_classes for c in range(n_classes)}
+    )
+    for prompt in prompts:
+        assert prompt.text.startswith(INSTRUCTION) and prompt.text.endswith(":")
+        demos, query = demos_and_query(prompt)
+        assert len(demos) == shots
+        counts = Counter(label for _, label in demos)
+        assert max(counts.values(), default=0) - min(counts.values(), default=0) <= 1
+        assert set(counts) <= set(prompt.options)
+        query_words = set(query.split())
+        for sequence, _ in demos:
+            assert not query_words & set(sequence.split())  # demos never share the query's words
+
+
+@pytest.mark.parametrize("task", list(ABSTRACT))
+def test_foo_follows_the_pattern_and_bar_does_not(task: str) -> None:
+    for prompt in make_prompts(task, 10, n_prompts=8, seed=0):
+        demos, query = demos_and_query(prompt)
+        for sequence, label in [*demos, (query, prompt.options[prompt.label])]:
+            assert _matches(sequence.split(), ABSTRACT[task]) == (label == "Foo")
+
+
+def test_word_sequences_pair_the_classes_categories() -> None:
+    from ihlab.probe.tasks import word_categories
+
+    words = word_categories()
+    assert all(len(v) == 16 for v in words.values())
+    for prompt in make_prompts("wordseq1_4way", 20, n_prompts=4, seed=1):
+        assert prompt.options == ("Foo", "Bar", "Mur", "Res")
+        demos, _ = demos_and_query(prompt)
+        for sequence, label in demos:
+            first, second = sequence.split()
+            pair = WORD_TASKS["wordseq1_4way"][prompt.options.index(label)]
+            assert first in words[pair[0]] and second in words[pair[1]]
+
+
+def test_prompts_are_seeded() -> None:
+    a = [p.text for p in make_prompts("wordseq2", 5, 6, seed=0)]
+    assert a == [p.text for p in make_prompts("wordseq2", 5, 6, seed=0)]
+    assert a != [p.text for p in make_prompts("wordseq2", 5, 6, seed=1)]
+
+
+def test_nlp_rows_from_a_jsonl_file(tmp_path: Path) -> None:
+    from ihlab.probe.tasks import read_nlp_rows
+
+    path = tmp_path / "sst.jsonl"
+    rows = [
+        {"text": f"review number {i}", "label": "positive" if i % 2 else "negative"}
+        for i in range(20)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = read_nlp_rows(path)
+    prompts = make_prompts("nlp", 6, n_prompts=4, seed=0, nlp_rows=data)
+    for prompt in prompts:
+        demos, query = demos_and_query(prompt)
+        assert all(sequence != query for sequence, _ in demos)
+        assert prompt.options == ("Foo", "Bar")
+        expected = data[[t for t, _ in data].index(query)][1]
+        assert prompt.label == expected
