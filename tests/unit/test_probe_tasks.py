@@ -85,3 +85,13 @@ def test_nlp_rows_from_a_jsonl_file(tmp_path: Path) -> None:
         assert prompt.options == ("Foo", "Bar")
         expected = data[[t for t, _ in data].index(query)][1]
         assert prompt.label == expected
+
+
+def test_probe_config_rejects_unknown_tasks_and_nlp_without_data() -> None:
+    from ihlab.errors import ConfigError
+    from ihlab.probe.app import ProbeConfig, TaskConfig
+
+    with pytest.raises(ConfigError, match="unknown task 'sst'"):
+        ProbeConfig(tasks=TaskConfig(names=["sst"]))
+    with pytest.raises(ConfigError, match=r"nlp_path nor tasks\.nlp_dataset"):
+        ProbeConfig(tasks=TaskConfig(names=["nlp"]))

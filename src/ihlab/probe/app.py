@@ -36,7 +36,7 @@ from ihlab.probe.evaluate import Condition, head_means, score_prompts
 from ihlab.probe.heads import SCORES, PrefixProtocol, head_scores, lab_head_scores
 from ihlab.probe.interventions import Ablation, Head, parse_heads, random_heads, top_heads
 from ihlab.probe.models import DEFAULT_MODEL, LoadedModel, load_model
-from ihlab.probe.tasks import TASKS, make_prompts, read_nlp_rows
+from ihlab.probe.tasks import TASKS, load_hf_rows, make_prompts, read_nlp_rows
 from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.probe")
@@ -69,11 +69,14 @@ class TaskConfig:
             "wordseq1_4way",
         ]
     )
-    shots: list[int] = field(default_factory=lambda: [5, 10])  # binary tasks
+    shots: list[int] = field(default_factory=lambda: [10])  # binary tasks (the paper's table)
     shots_4way: list[int] = field(default_factory=lambda: [20])
     n_prompts: int = 32  # per task, shot count and seed
     seeds: list[int] = field(default_factory=lambda: [0])  # prompt sets, averaged
     nlp_path: str | None = None  # JSONL/CSV with text,label for task "nlp"
+    nlp_dataset: str | None = None  # or a Hugging Face dataset, e.g. stanfordnlp/sst2
+    nlp_split: str = "validation"
+    nlp_fields: list[str] = field(default_factory=lambda: ["sentence", "label"])  # text, label
 
 
 @dataclass
@@ -90,9 +93,10 @@ class ProbeConfig:
         for name in self.tasks.names:
             if name not in TASKS:
                 raise ConfigError(f"tasks.names: unknown task {name!r}. Fix: choose from {TASKS}.")
-        if "nlp" in self.tasks.names and not self.tasks.nlp_path:
+        if "nlp" in self.tasks.names and not (self.tasks.nlp_path or self.tasks.nlp_dataset):
             raise ConfigError(
-                "tasks.names has nlp but tasks.nlp_path is not set. Fix: give a file."
+                "tasks.names has nlp but neither tasks.nlp_path nor tasks.nlp_dataset is set. "
+                "Fix: give a JSONL/CSV file or a Hugging Face dataset name."
             )
         if self.tasks.nlp_path and not Path(self.tasks.nlp_path).exists():
             raise ConfigError(f"tasks.nlp_path={self.tasks.nlp_path} does not exist.")
@@ -178,7 +182,10 @@ def run_probe(cfg: ProbeConfig, out: Path) -> dict[str, Any]:
     scores = head_scores(loaded, cfg.prefix)
     write_heads(out, scores, loaded)
     columns = conditions(cfg, scores["prefix_matching"], loaded.n_layers, loaded.n_heads)
-    nlp_rows = read_nlp_rows(cfg.tasks.nlp_path) if cfg.tasks.nlp_path else None
+    t = cfg.tasks
+    nlp_rows = read_nlp_rows(t.nlp_path) if t.nlp_path else None
+    if t.nlp_dataset:
+        nlp_rows = load_hf_rows(t.nlp_dataset, t.nlp_split, *t.nlp_fields)
     plan = [
         (task, shots)
         for task in cfg.tasks.names

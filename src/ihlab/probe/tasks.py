@@ -147,6 +147,22 @@ def read_nlp_rows(path: str | Path) -> list[tuple[str, int]]:
     return [(str(r["text"]), names.index(str(r["label"]))) for r in rows]
 
 
+def load_hf_rows(
+    name: str, split: str = "validation", text: str = "sentence", label: str = "label"
+) -> list[tuple[str, int]]:
+    """(text, label) rows of a Hugging Face `datasets` dataset (needs `pip install datasets` and
+    the network or a local datasets cache), labels mapped to 0, 1, ... in sorted order."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            "tasks.nlp_dataset needs the datasets package: pip install datasets"
+        ) from err
+    data = datasets.load_dataset(name, split=split)
+    names = sorted({str(v) for v in data[label]})
+    return [(str(t), names.index(str(v))) for t, v in zip(data[text], data[label], strict=True)]
+
+
 def make_prompts(
     task: str,
     shots: int,
