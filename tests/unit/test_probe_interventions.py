@@ -100,6 +100,10 @@ class CharTokenizer:
     """Characters as tokens, for scoring tests on tiny models."""
 
     bos_token_id, pad_token_id = 1, 0
+    all_special_ids = (0, 1)
+
+    def __len__(self) -> int:
+        return 292
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [2 + ord(c) % 290 for c in text]}
@@ -112,3 +116,22 @@ def test_batched_left_padded_scoring_equals_one_prompt_at_a_time() -> None:
     for condition in (Condition("full"), Condition("ko", "knockout", [(1, 0), (0, 2)])):
         one = score_prompts(loaded, prompts, condition, batch_size=1)
         assert score_prompts(loaded, prompts, condition, batch_size=7) == one
+
+
+def test_mean_ablation_holds_the_head_at_its_mean_over_reference_prompts() -> None:
+    from ihlab.probe.evaluate import encode, head_means
+
+    loaded = tiny("gpt_neox")
+    loaded.tokenizer = CharTokenizer()
+    reference = make_prompts("wordseq2", 2, n_prompts=3, seed=0)
+    means = head_means(loaded, reference)
+    zs = []
+    for prompt in reference:  # the mean over every position of every reference prompt
+        state = ProbeState(capture_z=True)
+        with probing(state):
+            loaded.model(input_ids=torch.tensor([encode(loaded.tokenizer, prompt)[0]]))
+        zs.append(state.z[1][0])  # (query, head, d_head)
+    torch.testing.assert_close(means[1], torch.cat(zs).mean(dim=0))
+    tokens = repeated_token_batch(loaded, PROTOCOL)
+    ablated = run(loaded, tokens, ablation_state([(1, 2)], "mean", means))
+    assert torch.equal(ablated.z[1][:, :, 2], means[1][2].expand_as(ablated.z[1][:, :, 2]))
