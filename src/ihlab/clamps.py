@@ -57,6 +57,7 @@ class ValueKind(str, Enum):
     pattern_preserving = "pattern_preserving"
     value_preserving = "value_preserving"
     ablate_others = "ablate_others"
+    knockout = "knockout"  # ihlab-probe only: block the induction pattern in pretrained models
 
 
 PASS_KINDS = {
@@ -182,6 +183,8 @@ def _check_value(
     n_layers: int,
 ) -> None:
     v = ValueKind(c.value)
+    if v == ValueKind.knockout:
+        raise fail("value knockout is for ihlab-probe's pretrained models, not for training.")
     shaped = (ValueKind.previous_token, ValueKind.match, ValueKind.induction, ValueKind.constant)
     if v in shaped and (v == ValueKind.constant) == (kind in PATTERN_SITES):
         need = "an attn.pattern site"

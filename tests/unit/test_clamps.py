@@ -270,6 +270,7 @@ def test_every_value_kind_is_tested() -> None:
     tested = {
         "zero", "constant", "mean", "previous_token", "match", "induction", "copy", "multipass",
         "graft", "pattern_preserving", "value_preserving", "ablate_others",
+        "knockout",  # the probe's: rejected for training (BAD below), tested in test_probe_*
     }  # fmt: skip
     assert {k.value for k in ValueKind} == tested
 
@@ -395,6 +396,7 @@ BAD = [
     ({"site": Z0, "value": "graft", "checkpoint": "nowhere.ckpt"}, FEW, "does not exist"),
     ({"site": Z0, "positions": [9]}, FEW, "position 9"),
     ({"site": Z0, "windows": [Window(5, 5)]}, FEW, "window [5, 5)"),
+    ({"site": "blocks.1.attn.scores", "value": "knockout"}, FEW, "is for ihlab-probe"),
 ]
 
 

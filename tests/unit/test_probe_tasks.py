@@ -95,3 +95,27 @@ def test_probe_config_rejects_unknown_tasks_and_nlp_without_data() -> None:
         ProbeConfig(tasks=TaskConfig(names=["sst"]))
     with pytest.raises(ConfigError, match=r"nlp_path nor tasks\.nlp_dataset"):
         ProbeConfig(tasks=TaskConfig(names=["nlp"]))
+
+
+def test_interventions_as_clamp_specs_become_result_columns() -> None:
+    import torch
+
+    from ihlab.clamps import ClampConfig
+    from ihlab.errors import ConfigError
+    from ihlab.probe.app import ProbeConfig, conditions
+
+    specs = {
+        "L1H2 zero": ClampConfig(site="blocks.1.attn.z", heads=[2], value="zero"),
+        "L0H1 knockout": ClampConfig(site="blocks.0.attn.scores", heads=[1], value="knockout"),
+    }
+    cfg = ProbeConfig(interventions=specs)
+    columns = dict(conditions(cfg, torch.rand(2, 4), n_layers=2, n_heads=4))
+    assert columns["L1H2 zero"][0].mode == "ablate" and columns["L1H2 zero"][0].heads == [(1, 2)]
+    assert columns["L0H1 knockout"][0].mode == "knockout"
+    with pytest.raises(ConfigError, match=r"interventions\.bad: the probe supports"):
+        ProbeConfig(
+            interventions={"bad": ClampConfig(site="blocks.0.attn.z", heads=[0], value="copy")}
+        )
+    with pytest.raises(ConfigError, match="head L5H0 does not exist"):
+        far = {"far": ClampConfig(site="blocks.5.attn.z", heads=[0])}
+        conditions(ProbeConfig(interventions=far), torch.rand(2, 4), n_layers=2, n_heads=4)

@@ -31,12 +31,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
+from ihlab.clamps import ClampConfig, ValueKind
 from ihlab.errors import ConfigError
 from ihlab.probe.evaluate import Condition, head_means, score_prompts
 from ihlab.probe.heads import SCORES, PrefixProtocol, head_scores, lab_head_scores
 from ihlab.probe.interventions import Ablation, Head, parse_heads, random_heads, top_heads
 from ihlab.probe.models import DEFAULT_MODEL, LoadedModel, load_model
 from ihlab.probe.tasks import TASKS, load_hf_rows, make_prompts, read_nlp_rows
+from ihlab.sites import parse_site
 from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.probe")
@@ -85,6 +87,10 @@ class ProbeConfig:
     prefix: PrefixProtocol = field(default_factory=PrefixProtocol)
     select: SelectConfig = field(default_factory=SelectConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    # Extra result columns as clamp specs in the lab's site vocabulary (clamps.py), e.g.
+    # {site: blocks.18.attn.z, heads: [6], value: zero} or {site: blocks.18.attn.scores,
+    # heads: [6], value: knockout}.
+    interventions: dict[str, ClampConfig] = field(default_factory=dict)
     batch_size: int = 16
     progress: bool = True
     seed: int = 0
@@ -100,8 +106,10 @@ class ProbeConfig:
             )
         if self.tasks.nlp_path and not Path(self.tasks.nlp_path).exists():
             raise ConfigError(f"tasks.nlp_path={self.tasks.nlp_path} does not exist.")
-        if not self.select.percents and not self.select.heads:
-            raise ConfigError("select: give percents or heads.")
+        if not self.select.percents and not self.select.heads and not self.interventions:
+            raise ConfigError("select: give percents or heads (or interventions).")
+        for name, spec in self.interventions.items():
+            intervention_condition(name, spec)  # raises ConfigError naming the key
 
 
 def write_heads(out: Path, scores: dict[str, torch.Tensor], loaded: LoadedModel) -> None:
@@ -124,6 +132,27 @@ def write_heads(out: Path, scores: dict[str, torch.Tensor], loaded: LoadedModel)
     fig.tight_layout()
     fig.savefig(out / "heads.png", dpi=110)
     plt.close(fig)
+
+
+ABLATION_VALUES = {ValueKind.zero: Ablation.zero, ValueKind.mean: Ablation.mean}
+
+
+def intervention_condition(name: str, spec: ClampConfig) -> Condition:
+    """A result column from a clamp spec: zero/mean at `blocks.{l}.attn.z`, or knockout at
+    `blocks.{l}.attn.scores` (or `.pattern`), on the listed heads."""
+    layer, kind = parse_site(spec.site)
+    value = ValueKind(spec.value)
+    key = f"interventions.{name}"
+    if layer is None or not spec.heads:
+        raise ConfigError(f"{key}: give a per-layer site blocks.<l>.attn.* and its heads.")
+    if kind == "attn.z" and value in ABLATION_VALUES:
+        return Condition(name, "ablate", [(layer, h) for h in spec.heads], ABLATION_VALUES[value])
+    if kind in ("attn.scores", "attn.pattern") and value == ValueKind.knockout:
+        return Condition(name, "knockout", [(layer, h) for h in spec.heads])
+    raise ConfigError(
+        f"{key}: the probe supports value zero or mean at attn.z and value knockout at "
+        f"attn.scores, got value {value.value} at {spec.site}."
+    )
 
 
 def conditions(
@@ -156,6 +185,12 @@ def conditions(
             for s in cfg.select.random_seeds
         ]
         columns.append((f"{label} random", randoms))
+    for name, spec in cfg.interventions.items():
+        condition = intervention_condition(name, spec)
+        for layer, head in condition.heads:
+            if not (layer < n_layers and head < n_heads):
+                raise ConfigError(f"interventions.{name}: head L{layer}H{head} does not exist.")
+        columns.append((name, [condition]))
     return columns
 
 
