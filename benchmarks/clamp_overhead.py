@@ -12,12 +12,11 @@ machine noise; the median ratio is printed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from timing import lab_steps_per_sec
+from timing import lab_steps_per_sec, median_ratio
 
 from ihlab.config import register_configs, to_train_config
 from ihlab.train import config_dir
@@ -34,14 +33,14 @@ def main() -> None:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         plain = compose("train", overrides=base)
         clamped = compose("train", overrides=[*base, f"clamp={args.clamp}"])
-    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
+
+        def measure(r: int) -> tuple[float, float]:
             free = lab_steps_per_sec(to_train_config(plain), args.steps, Path(tmp) / f"p{r}")
             held = lab_steps_per_sec(to_train_config(clamped), args.steps, Path(tmp) / f"c{r}")
-            ratios.append(held / free)
-            print(f"round {r}: clamped {held:.1f} steps/s, unclamped {free:.1f} steps/s")
-    ratio = statistics.median(ratios)
+            return held, free
+
+        ratio = median_ratio(args.rounds, measure, ("clamped", "unclamped"))
     print(f"ratio (clamp={args.clamp} / unclamped), median of {args.rounds}: {ratio:.3f}")
 
 

@@ -11,7 +11,6 @@ progress bar. Rounds alternate to spread machine noise evenly; the median ratio 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from timing import WARMUP, lab_steps_per_sec
+from timing import WARMUP, lab_steps_per_sec, median_ratio
 from torch import Tensor, nn
 
 from ihlab.config import register_configs, to_train_config
@@ -94,15 +93,14 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=induction_2l", "logger=csv"])
-    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
+
+        def measure(r: int) -> tuple[float, float]:
             config = to_train_config(cfg)
             lab = lab_steps_per_sec(config, args.steps, Path(tmp) / f"round{r}")
-            bare = bare_steps_per_sec(config, args.steps)
-            ratios.append(lab / bare)
-            print(f"round {r}: ihlab {lab:.1f} steps/s, bare loop {bare:.1f} steps/s")
-    ratio = statistics.median(ratios)
+            return lab, bare_steps_per_sec(config, args.steps)
+
+        ratio = median_ratio(args.rounds, measure, ("ihlab", "bare loop"))
     print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {ratio:.3f}")
 
 

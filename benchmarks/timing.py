@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -49,3 +51,16 @@ def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=datamodule)
     return timer.steps_per_sec
+
+
+def median_ratio(
+    rounds: int, measure: Callable[[int], tuple[float, float]], names: tuple[str, str]
+) -> float:
+    """Alternating rounds of measure(round) -> (a, b) steps per second; prints each round and
+    returns the median of a / b."""
+    ratios = []
+    for r in range(rounds):
+        a, b = measure(r)
+        ratios.append(a / b)
+        print(f"round {r}: {names[0]} {a:.1f} steps/s, {names[1]} {b:.1f} steps/s")
+    return statistics.median(ratios)

@@ -526,28 +526,21 @@ def _hold(value: Tensor) -> Intervention:
 
 def load_graft_model(checkpoint: str, model_cfg: Any, io: Any, site: str) -> nn.Module:
     """The trained model of another run's checkpoint, frozen, checked to fit this run's site."""
-    from ihlab.model import Transformer, from_shape_state
+    from ihlab.model import load_lab_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "ihlab_model" not in state:
-        raise ConfigError(
-            f"graft checkpoint {checkpoint} was not written by ihlab-train (no model config in it)."
-        )
-    source_cfg, source_io = from_shape_state(state["ihlab_model"])
+    try:
+        model = load_lab_model(checkpoint)
+    except ValueError as err:
+        raise ConfigError(f"graft checkpoint {err}") from err
     same = ("n_heads", "head_dim", "d_model")
-    if source_io != io or any(getattr(source_cfg, k) != getattr(model_cfg, k) for k in same):
+    if model.io != io or any(getattr(model.cfg, k) != getattr(model_cfg, k) for k in same):
         raise ConfigError(
             f"graft checkpoint {checkpoint}: its model or data shape differs from this run's "
-            f"({source_cfg}, {source_io}), so its {site} cannot stand in for this model's."
+            f"({model.cfg}, {model.io}), so its {site} cannot stand in for this model's."
         )
-    model = Transformer(source_cfg, source_io)
-    weights = {
-        k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")
-    }
-    model.load_state_dict(weights)
     if site not in model.sites:
         raise ConfigError(f"graft checkpoint {checkpoint}: its model has no site {site!r}.")
-    return model.eval().requires_grad_(False)
+    return model.requires_grad_(False)
 
 
 def build_clamp_set(clamps: dict[str, ClampConfig], model_cfg: Any, io: Any) -> ClampSet:

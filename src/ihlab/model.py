@@ -247,3 +247,16 @@ def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
     model = dict(state["model"])
     model["positional"] = Positional(model["positional"])
     return ModelConfig(**model), ModelIO(**state["io"])
+
+
+def load_lab_model(checkpoint: str) -> Transformer:
+    """The model of an `ihlab-train` checkpoint (its shape is stored beside the weights), in eval
+    mode; ValueError for a file without that entry."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "ihlab_model" not in state:
+        raise ValueError(f"{checkpoint} was not written by ihlab-train (no model config in it).")
+    model = Transformer(*from_shape_state(state["ihlab_model"]))
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(weights)
+    return model.eval()

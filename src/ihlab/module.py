@@ -243,8 +243,8 @@ class LabModule(L.LightningModule):
         if "per_token_loss" in self.tables:
             self.tables["per_token_loss"].add(step, running["examples"].compute().tolist())
             self.tables["per_token_loss"].save()
-        table = self.tables.get("loss_by_position")
-        if table is None or not self.token_task:
+        table = self.tables.get("loss_by_position")  # token data only
+        if table is None:
             return
         table.add(step, running["profile"].compute().tolist())
         table.save()

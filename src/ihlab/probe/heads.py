@@ -157,20 +157,13 @@ def lab_head_scores(
     random tokens from its vocabulary (as many distinct tokens as fit its context), BOS first when
     the model has one; copying is the weight-based score of `ihlab.metrics.circuits`."""
     from ihlab.metrics.circuits import copying_score
-    from ihlab.model import Positional, Transformer, from_shape_state
+    from ihlab.model import Positional, load_lab_model
 
     protocol = protocol or PrefixProtocol()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "ihlab_model" not in state:
-        raise ValueError(f"{checkpoint} is not an ihlab-train checkpoint.")
-    cfg, io = from_shape_state(state["ihlab_model"])
+    model = load_lab_model(checkpoint)
+    cfg, io = model.cfg, model.io
     if io.d_vocab is None:
         raise ValueError(f"{checkpoint}: head scores need a token model (this one reads features).")
-    model = Transformer(cfg, io)
-    model.load_state_dict(
-        {k[6:]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    )
-    model.eval()
     room = io.n_ctx - 1 if cfg.positional == Positional.learned else 10**6
     n_tokens = min(protocol.n_tokens, io.d_vocab - 1, room // protocol.n_repeats)
     g = generator(protocol.seed, "prefix_matching")
