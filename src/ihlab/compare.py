@@ -6,13 +6,14 @@
 
 Reads each run's `summary.json`, `metrics.csv` and `.hydra/` config, groups the completed runs by
 their condition (or any dotted config key), tests every group against the baseline group and writes
-`comparison.csv`, `comparison.md`, `curves.png`, `onsets.png` and `heads.png` to `out`. Failed,
-unfinished and config-error runs are listed in `comparison.md` and left out of the statistics.
+`comparison.csv`, `comparison.md`, `learning_time.png`, `curves.png`, `onsets.png` and `heads.png`
+to `out`. Learning times are time-to-event data (Kaplan-Meier, log-rank; see compare_stats.py).
+Runs that did not complete and runs with an unreadable file are listed in `comparison.md` and left
+out of the statistics; runs of different experiments are never pooled into one group.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -23,27 +24,38 @@ from typing import Any
 
 import hydra
 import numpy as np
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from scipy.stats import mannwhitneyu, ttest_ind
 
 from ihlab.compare_plots import (
     final_head_scores,
     mean_grids,
-    mean_sd,
     plot_curves,
     plot_heads,
+    plot_learning_time,
     plot_onsets,
 )
+from ihlab.compare_stats import (
+    SAMPLE_STATS,
+    benjamini_hochberg,
+    compare_samples,
+    holm,
+    kaplan_meier,
+    logrank,
+    mean_ci,
+    median_learning_time,
+)
+from ihlab.compare_tables import TEST_COLUMNS, TESTED, write_csv, write_markdown
 from ihlab.config import register_configs
 from ihlab.outputs import read_metrics
 from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.compare")
 
-TESTED = ("learning_time", "final_loss")  # quantities tested against the baseline
-STATS = ("mwu_u", "mwu_p", "welch_t", "welch_p", "cohen_d", "rank_biserial")
+TESTS = tuple(TEST_COLUMNS)  # logrank, mwu, welch
 ICL_METRIC = "eval/icl_score"
+FIX = "Fix: re-run that run, or leave its directory out of `runs`."
 
 
 @dataclass
@@ -57,13 +69,20 @@ class CompareConfig:
 
 @dataclass
 class Run:
-    """One run directory: its status (completed, failed, config_error, unfinished, unreadable),
-    summary and group."""
+    """One run directory: its status (the summary's: completed, failed, diverged, interrupted,
+    config_error, ...; or unfinished, unreadable), summary, group, metrics.csv rows (completed
+    runs) and why it is left out (the others)."""
 
     path: Path
     status: str
     summary: dict[str, Any] = field(default_factory=dict)
     group: str = ""
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    reason: str = ""
+
+
+class UnreadableFile(ValueError):
+    """A run's file that cannot be read; the message names the file."""
 
 
 def is_run_dir(path: Path) -> bool:
@@ -90,12 +109,24 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(found)
 
 
+def _unreadable(file: Path, err: Exception) -> UnreadableFile:
+    text = str(err)
+    return UnreadableFile(text if str(file) in text else f"{file}: {type(err).__name__}: {text}")
+
+
 def read_config(path: Path) -> DictConfig | None:
-    """The run's `.hydra/resolved.yaml`, else `.hydra/config.yaml`, else None."""
+    """The run's `.hydra/resolved.yaml`, else `.hydra/config.yaml`, else None; UnreadableFile if
+    the file is not a YAML mapping."""
     for name in ("resolved.yaml", "config.yaml"):
-        if (path / ".hydra" / name).is_file():
-            cfg = OmegaConf.load(path / ".hydra" / name)
-            return cfg if isinstance(cfg, DictConfig) else None
+        file = path / ".hydra" / name
+        if file.is_file():
+            try:
+                cfg = OmegaConf.load(file)
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                raise _unreadable(file, err) from None
+            if not isinstance(cfg, DictConfig):
+                raise UnreadableFile(f"{file}: not a YAML mapping of config keys.")
+            return cfg
     return None
 
 
@@ -113,46 +144,72 @@ def group_value(path: Path, summary: Mapping[str, Any], key: str) -> str:
     return str(value)
 
 
-def load_run(path: Path, group_by: str = "condition") -> Run:
-    """Read a run directory; a run without summary.json is unfinished."""
-    if not (path / "summary.json").is_file():
-        return Run(path, "unfinished", group=group_value(path, {}, group_by))
+def read_summary(file: Path) -> dict[str, Any]:
+    """A summary.json as a dict; UnreadableFile naming the file otherwise, and for a completed
+    summary without the learning-time entries the statistics need."""
     try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return Run(path, "unreadable", {"error": str(err)}, group_value(path, {}, group_by))
-    return Run(path, str(summary.get("status")), summary, group_value(path, summary, group_by))
+        summary = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise _unreadable(file, err) from None
+    if not isinstance(summary, dict):
+        raise UnreadableFile(f"{file}: not a JSON object.")
+    if summary.get("status") == "completed":
+        lt = summary.get("learning_time")
+        if not isinstance(lt, dict) or not {"metric", "threshold", "step"} <= set(lt):
+            raise UnreadableFile(f"{file}: no learning_time {{metric, threshold, step}} entry.")
+        if not isinstance(summary.get("steps"), int):
+            raise UnreadableFile(f"{file}: no integer `steps` (the run's last step).")
+    return summary
 
 
-def compare_samples(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Two-sided Mann-Whitney U and Welch t tests of `x` against `y`, Cohen's d (pooled s.d.) and
-    the rank-biserial correlation 2U/(n_x n_y) - 1; positive d and r mean `x` is larger.
+def read_run_metrics(file: Path) -> list[dict[str, float]]:
+    """metrics.csv rows; UnreadableFile naming the file if it cannot be parsed."""
+    try:
+        rows = read_metrics(file)
+    except (OSError, ValueError, TypeError) as err:
+        raise _unreadable(file, err) from None
+    if not rows or any("step" not in row for row in rows):
+        raise UnreadableFile(f"{file}: no rows with a `step` column.")
+    return rows
 
-    Non-finite values are dropped. Statistics that are undefined (fewer than 2 values in a sample,
-    all values equal, zero variance in both samples) are NaN and `note` says why.
-    """
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    result: dict[str, Any] = dict.fromkeys(STATS, math.nan)
-    result["note"] = ""
-    if len(a) < 2 or len(b) < 2:
-        result["note"] = f"n={len(a)} vs {len(b)}: tests need at least 2 runs per group"
-        return result
-    if np.ptp(np.concatenate([a, b])) == 0:
-        result["note"] = "all values equal: nothing to test"
-        return result
-    u, p = mannwhitneyu(a, b, alternative="two-sided")
-    result.update(
-        mwu_u=float(u), mwu_p=float(p), rank_biserial=2 * float(u) / (len(a) * len(b)) - 1
-    )
-    var_a, var_b = a.var(ddof=1), b.var(ddof=1)
-    if var_a == 0 and var_b == 0:
-        result["note"] = "zero variance in both groups: no t test or Cohen's d"
-        return result
-    t, p = ttest_ind(a, b, equal_var=False)
-    pooled = math.sqrt(((len(a) - 1) * var_a + (len(b) - 1) * var_b) / (len(a) + len(b) - 2))
-    result.update(welch_t=float(t), welch_p=float(p), cohen_d=float(a.mean() - b.mean()) / pooled)
-    return result
+
+def load_run(path: Path, group_by: str = "condition") -> Run:
+    """Read a run directory. A run without summary.json is unfinished; a run with a file that
+    cannot be read is unreadable, its reason naming the file."""
+    run = Run(path, "unfinished")
+    try:
+        if (path / "summary.json").is_file():
+            run.summary = read_summary(path / "summary.json")
+            run.status = str(run.summary.get("status"))
+            run.reason = str(run.summary.get("error", ""))
+        run.group = group_value(path, run.summary, group_by)
+        if run.status in ("completed", "unfinished") and (path / "metrics.csv").is_file():
+            run.metrics = read_run_metrics(path / "metrics.csv")
+        if run.status == "completed" and not run.metrics:
+            raise UnreadableFile(f"{path / 'metrics.csv'}: missing.")
+    except UnreadableFile as err:
+        log.warning("left out %s: %s", path, err)
+        return Run(path, "unreadable", run.summary, run.group, reason=f"{err} {FIX}")
+    if run.status == "unfinished":
+        last = int(run.metrics[-1]["step"]) if run.metrics else 0
+        run.reason = f"no summary.json yet (metrics.csv up to step {last})"
+    return run
+
+
+def check_experiments(runs: Sequence[Run], group_by: str) -> None:
+    """Refuse to pool runs of different experiments (the summary's `name`) into one group."""
+    for group in dict.fromkeys(r.group for r in runs):
+        names: dict[str, list[Path]] = {}
+        for r in runs:
+            if r.group == group:
+                names.setdefault(str(r.summary.get("name")), []).append(r.path)
+        if len(names) > 1:
+            found = "; ".join(f"{n}: {len(p)} runs, e.g. {p[0]}" for n, p in names.items())
+            raise ValueError(
+                f"group {group!r} of `{group_by}` would pool runs of different experiments "
+                f"({found}). Fix: compare each experiment's runs on their own, or group by a key "
+                f"that separates them (group_by=name)."
+            )
 
 
 def _number(values: Mapping[str, Any], key: str) -> float:
@@ -161,8 +218,9 @@ def _number(values: Mapping[str, Any], key: str) -> float:
 
 
 def run_values(run: Run) -> dict[str, Any]:
-    """The per-run numbers the comparison pools: learning time (the run's last step if it never
-    crossed the threshold), phase-change onset, final loss, best accuracies, final ICL score."""
+    """The per-run numbers the comparison pools: learning time (the first step below the
+    threshold, or the last step for a run that never crossed it: censored, `learned` False),
+    phase-change onset, final loss, best accuracies, final ICL score."""
     s = run.summary
     lt = s["learning_time"]
     phase = s.get("phase_change") or {}
@@ -188,10 +246,68 @@ def group_sort_key(name: str) -> tuple[int, float, str]:
         return 1, 0.0, name
 
 
+def with_adjusted(stats: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """`stats` keyed `prefix + key`, with empty Holm and BH columns after every test's p."""
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        out[prefix + key] = value
+        if any(key == f"{test}_p" for test in TESTS):
+            out[f"{prefix}{key}_holm"] = out[f"{prefix}{key}_bh"] = math.nan
+    return out
+
+
+def learning_time_tests(
+    vs: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Log-rank test of learning times against the baseline's; the complete-data tests and effect
+    sizes only where no run of either group is censored."""
+    stats = logrank(
+        [v["learning_time"] for v in vs],
+        [v["learned"] for v in vs],
+        [v["learning_time"] for v in base],
+        [v["learned"] for v in base],
+    )
+    censored = sum(not v["learned"] for v in vs), sum(not v["learned"] for v in base)
+    if any(censored):
+        notes = [
+            f"censored runs ({censored[0]} here, {censored[1]} in the baseline): no Mann-Whitney, "
+            "Welch or effect sizes",
+            stats["note"],
+        ]
+        stats.update(dict.fromkeys(SAMPLE_STATS, math.nan), mwu_method="")
+    else:
+        complete = compare_samples(
+            [v["learning_time"] for v in vs], [v["learning_time"] for v in base]
+        )
+        notes = [stats["note"], complete["note"]]
+        stats.update(complete)
+    stats["note"] = "; ".join(dict.fromkeys(n for n in notes if n))
+    return stats
+
+
+def learning_time_fits(
+    values: Sequence[Mapping[str, Any]], groups: Sequence[str]
+) -> dict[str, Any]:
+    """Group -> Kaplan-Meier fit of its runs' learning times (censored: never learned)."""
+    return {
+        g: kaplan_meier(
+            [v["learning_time"] for v in values if v["group"] == g],
+            [v["learned"] for v in values if v["group"] == g],
+            g,
+        )
+        for g in groups
+    }
+
+
 def summarize_groups(
-    values: Sequence[Mapping[str, Any]], groups: Sequence[str], baseline: str
+    values: Sequence[Mapping[str, Any]],
+    groups: Sequence[str],
+    baseline: str,
+    fits: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """One row per group (comparison.csv's columns), tests against `baseline` on the other rows."""
+    """One row per group (comparison.csv's columns), with the Kaplan-Meier median of `fits`;
+    tests against `baseline` on the other rows, p-values adjusted over all tests of the
+    comparison."""
     acc_metrics = sorted({k for v in values for k in v["best"]})
     has_icl = any(math.isfinite(v["icl_score"]) for v in values)
     members = {g: [v for v in values if v["group"] == g] for g in groups}
@@ -203,148 +319,42 @@ def summarize_groups(
             "n_runs": len(vs),
             "seeds": ",".join(str(v["seed"]) for v in sorted(vs, key=lambda v: v["seed"])),
         }
-        row["learning_time_mean"], row["learning_time_sd"] = mean_sd(
-            [v["learning_time"] for v in vs]
-        )
-        row["n_not_learned"] = sum(not v["learned"] for v in vs)
+        row.update({f"learning_time_{k}": x for k, x in median_learning_time(fits[g]).items()})
+        row["n_censored"] = sum(not v["learned"] for v in vs)
+        complete = [v["learning_time"] for v in vs] if row["n_censored"] == 0 else []
+        row.update({f"learning_time_{k}": x for k, x in mean_ci(complete).items()})
         onsets = [v["onset"] for v in vs if v["onset"] is not None]
-        row["onset_mean"], row["onset_sd"] = mean_sd(onsets)
+        row.update({f"onset_{k}": x for k, x in mean_ci(onsets).items()})
         row["n_phase_change"] = len(onsets)
-        row["final_loss_mean"], row["final_loss_sd"] = mean_sd([v["final_loss"] for v in vs])
+        row.update(
+            {f"final_loss_{k}": x for k, x in mean_ci([v["final_loss"] for v in vs]).items()}
+        )
         for m in acc_metrics:
-            row[f"best_{m}_mean"], row[f"best_{m}_sd"] = mean_sd(
-                [v["best"].get(m, math.nan) for v in vs]
-            )
+            stats = mean_ci([v["best"].get(m, math.nan) for v in vs])
+            row.update({f"best_{m}_{k}": x for k, x in stats.items()})
         if has_icl:
-            row["final_icl_score_mean"], row["final_icl_score_sd"] = mean_sd(
-                [v["icl_score"] for v in vs]
-            )
+            stats = mean_ci([v["icl_score"] for v in vs])
+            row.update({f"final_icl_score_{k}": x for k, x in stats.items()})
         if g != baseline:
-            for q in TESTED:
-                stats = compare_samples([v[q] for v in vs], [v[q] for v in members[baseline]])
-                row.update({f"{q}_{k}": stats[k] for k in (*STATS, "note")})
+            base = members[baseline]
+            row.update(with_adjusted(learning_time_tests(vs, base), "learning_time_"))
+            final_loss = compare_samples(
+                [v["final_loss"] for v in vs], [v["final_loss"] for v in base]
+            )
+            row.update(with_adjusted(final_loss, "final_loss_"))
         rows.append(row)
+    adjust_p_values(rows)
     return rows
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """comparison.csv: floats at full precision, NaN as "nan", tests left empty on the baseline."""
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["condition"]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-
-
-def _pm(mean: float, sd: float) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean:.4g}" if not math.isfinite(sd) else f"{mean:.4g} ± {sd:.3g}"
-
-
-def _num(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else "NaN"
-
-
-def _cell(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def _shown(path: Path, out: Path) -> str:
-    try:
-        return str(path.relative_to(out.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def write_markdown(
-    path: Path,
-    rows: Sequence[Mapping[str, Any]],
-    skipped: Sequence[Run],
-    *,
-    group_by: str,
-    baseline: str,
-    lt_metrics: Sequence[str],
-    out: Path,
-) -> None:
-    """comparison.md: the groups as mean ± sd, the tests against the baseline, the runs left out."""
-    acc = [
-        k.removeprefix("best_").removesuffix("_mean")
-        for k in (rows[0] if rows else {})
-        if k.startswith("best_") and k.endswith("_mean")
-    ]
-    has_icl = any("final_icl_score_mean" in row for row in rows)
-    header = ["condition", "runs", "seeds", "learning time", "phase-change onset", "final loss"]
-    header += [f"best {m}" for m in acc] + (["final ICL score"] if has_icl else [])
-    lines = [
-        f"# Comparison grouped by `{group_by}`",
-        "",
-        f"Baseline: `{baseline}`. Mean ± sample s.d. over seeds; learning time in optimizer steps "
-        f"(first evaluation of {', '.join(f'`{m}`' for m in lt_metrics) or 'the loss'} below the "
-        "learning-time threshold). A run that never crossed the threshold counts as its last step "
-        "in the learning-time statistics (the number of such runs is in brackets). Onsets are over "
-        "the runs with a detected phase change (their number in brackets). Final loss: the "
-        "learning-time metric at the last step.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for row in rows:
-        cells = [
-            _cell(row["condition"]),
-            str(row["n_runs"]),
-            _cell(row["seeds"]),
-            f"{_pm(row['learning_time_mean'], row['learning_time_sd'])} "
-            f"[{row['n_not_learned']} not reached]",
-            f"{_pm(row['onset_mean'], row['onset_sd'])} [{row['n_phase_change']}]",
-            _pm(row["final_loss_mean"], row["final_loss_sd"]),
-            *[
-                _pm(row.get(f"best_{m}_mean", math.nan), row.get(f"best_{m}_sd", math.nan))
-                for m in acc
-            ],
-        ]
-        if has_icl:
-            cells.append(_pm(row["final_icl_score_mean"], row["final_icl_score_sd"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    tested = [row for row in rows if row["condition"] != baseline]
-    if tested:
-        lines += [
-            "",
-            f"## Tests against `{baseline}`",
-            "",
-            "Two-sided Mann-Whitney U and Welch's t test; Cohen's d with the pooled s.d. and the "
-            "rank-biserial correlation 2U/(n1 n2) - 1 (positive: larger than the baseline).",
-            "",
-            "| condition | quantity | U | p (U) | Welch t | p (t) | Cohen's d | rank-biserial "
-            "| note |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in tested:
-            for q in TESTED:
-                stats = [_num(row[f"{q}_{k}"]) for k in STATS]
-                note = _cell(row[f"{q}_note"])
-                lines.append(
-                    f"| {_cell(row['condition'])} | {q.replace('_', ' ')} | "
-                    + " | ".join(stats)
-                    + f" | {note} |"
-                )
-    lines += ["", "## Runs left out", ""]
-    if skipped:
-        lines += ["| run | status | group | reason |", "|---|---|---|---|"]
-        for run in skipped:
-            reason = run.summary.get("error", "")
-            if run.status == "unfinished":
-                rows_so_far = read_metrics(run.path / "metrics.csv")
-                last = int(rows_so_far[-1]["step"]) if rows_so_far else 0
-                reason = f"no summary.json yet (metrics.csv up to step {last})"
-            lines.append(
-                f"| {_cell(_shown(run.path, out))} | {run.status} | {_cell(run.group)} | "
-                f"{_cell(reason)[:300]} |"
-            )
-    else:
-        lines.append("None: every run completed.")
-    path.write_text("\n".join(lines) + "\n")
+def adjust_p_values(rows: list[dict[str, Any]]) -> None:
+    """Fill every `<quantity>_<test>_p_holm` and `_p_bh` column: Holm's and Benjamini-Hochberg's
+    adjustment over all the tests' p-values of the comparison (NaN p-values are not tests)."""
+    cells = [(row, f"{q}_{t}_p") for row in rows for q in TESTED for t in TESTS]
+    cells = [(row, key) for row, key in cells if key in row]
+    p = [row[key] for row, key in cells]
+    for (row, key), h, bh in zip(cells, holm(p), benjamini_hochberg(p), strict=True):
+        row[f"{key}_holm"], row[f"{key}_bh"] = float(h), float(bh)
 
 
 def compare(
@@ -356,10 +366,11 @@ def compare(
 ) -> dict[str, Any]:
     """Compare the completed runs under `run_paths`, grouped by `group_by`, against `baseline`.
 
-    Writes comparison.csv, comparison.md, curves.png, onsets.png and heads.png to `out` (default:
-    the first folder in `run_paths` that is not itself a run, else the current directory) and
-    returns {"group_by", "baseline", "metric", "out", "rows" (comparison.csv's rows), "runs" (each
-    completed run's pooled values), "skipped" ([{"dir", "status", "group"}]), "files"}.
+    Writes comparison.csv, comparison.md, learning_time.png, curves.png, onsets.png and heads.png
+    to `out` (default: the first folder in `run_paths` that is not itself a run, else the current
+    directory) and returns {"group_by", "baseline", "metric", "out", "rows" (comparison.csv's
+    rows), "runs" (each completed run's pooled values), "skipped" ([{"dir", "status", "group",
+    "reason"}]), "files"}. ValueError when a group would pool runs of different experiments.
     """
     paths = find_runs(run_paths)
     if not paths:
@@ -370,10 +381,10 @@ def compare(
         folders = [Path(p) for p in run_paths if not is_run_dir(Path(p))]
         out = folders[0] if folders else Path.cwd()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p, group_by) for p in paths]
     done = [r for r in runs if r.status == "completed"]
     skipped = [r for r in runs if r.status != "completed"]
+    check_experiments(done, group_by)
     groups = sorted({r.group for r in done}, key=group_sort_key)
     if baseline is None:
         baseline = "baseline" if "baseline" in groups or not groups else groups[0]
@@ -384,9 +395,13 @@ def compare(
     if metric is None:
         metric = lt_metrics[0] if lt_metrics else "eval/train/loss"
     values = [run_values(r) for r in done]
-    rows = summarize_groups(values, groups, baseline)
+    fits = learning_time_fits(values, groups)
+    rows = summarize_groups(values, groups, baseline, fits)
+    out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("comparison.csv", "comparison.md")}
-    files.update({name: out / f"{name}.png" for name in ("curves", "onsets", "heads")})
+    files.update(
+        {name: out / f"{name}.png" for name in ("learning_time", "curves", "onsets", "heads")}
+    )
     write_csv(files["comparison.csv"], rows)
     write_markdown(
         files["comparison.md"],
@@ -397,10 +412,12 @@ def compare(
         lt_metrics=lt_metrics,
         out=out,
     )
-    metrics = {r.path: read_metrics(r.path / "metrics.csv") for r in done}
+    lt_thresholds = sorted({r.summary["learning_time"]["threshold"] for r in done})
+    rule = f"< {lt_thresholds[0]:.3g}" if len(lt_thresholds) == 1 else "below its threshold"
+    plot_learning_time(files["learning_time"], fits, f"{', '.join(lt_metrics)} {rule}")
     curves = {
         g: [
-            {int(row["step"]): row[metric] for row in metrics[r.path] if metric in row}
+            {int(row["step"]): row[metric] for row in r.metrics if metric in row}
             for r in done
             if r.group == g
         ]
@@ -415,7 +432,7 @@ def compare(
     plot_onsets(files["onsets"], values, groups)
     heads: dict[str, dict[str, np.ndarray]] = {}
     for g in groups:
-        finals = [final_head_scores(metrics[r.path]) for r in done if r.group == g]
+        finals = [final_head_scores(r.metrics) for r in done if r.group == g]
         kinds = dict.fromkeys(k for f in finals for k in f)
         heads[g] = {k: mean_grids([f[k] for f in finals if k in f]) for k in kinds}
     plot_heads(files["heads"], heads)
@@ -426,7 +443,10 @@ def compare(
         "out": str(out),
         "rows": rows,
         "runs": values,
-        "skipped": [{"dir": str(r.path), "status": r.status, "group": r.group} for r in skipped],
+        "skipped": [
+            {"dir": str(r.path), "status": r.status, "group": r.group, "reason": r.reason}
+            for r in skipped
+        ],
         "files": {k: str(v) for k, v in files.items()},
     }
 

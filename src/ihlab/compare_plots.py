@@ -1,4 +1,5 @@
-"""The plots of `ihlab-compare`: curves per condition, phase-change onsets per seed, head scores."""
+"""The plots of `ihlab-compare`: learning-time survival curves, curves per condition, phase-change
+onsets per seed, head scores."""
 
 from __future__ import annotations
 
@@ -54,6 +55,34 @@ def plot_curves(
     ax.set(xlabel="optimizer steps", ylabel=metric, title=f"{metric}: mean ± 1 s.d. over seeds")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_learning_time(path: Path, fits: Mapping[str, Any], rule: str) -> None:
+    """learning_time.png: per group, the Kaplan-Meier share of runs that have not learned yet
+    against optimizer steps, with its 95% band; censored runs (never crossed the threshold by
+    their last step) are marked "+" where they end."""
+    colors = _colors(list(fits))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g, fit in fits.items():
+        n, censored = len(fit.durations), int((~fit.event_observed.astype(bool)).sum())
+        fit.plot_survival_function(
+            ax=ax,
+            color=colors[g],
+            ci_alpha=0.15,
+            show_censors=True,
+            censor_styles={"marker": "+", "ms": 12, "mew": 2},
+            label=f"{g} (n={n}, {censored} censored)",
+        )
+    ax.set_ylim(-0.03, 1.03)
+    ax.set(
+        xlabel="optimizer steps",
+        ylabel="share of runs not yet learned",
+        title=f"Kaplan-Meier: learning time ({rule}); +: censored",
+    )
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,12 +1,12 @@
-"""`ihlab-compare` on real runs: fewshot_fast unclamped (no learning within 300 steps) against
-subcircuit A clamped (learns within 300 steps), 2 seeds each, beside a failed and an unfinished run,
-all in one folder shaped like a multirun; and the statistics helper on synthetic samples."""
+"""`ihlab-compare` on real runs: fewshot_fast unclamped (no learning within 300 steps: censored)
+against subcircuit A clamped (learns within 300 steps), 2 seeds each, beside a failed and an
+unfinished run, all in one folder shaped like a multirun; runs of another experiment and runs with
+unreadable files beside them. The statistics themselves: tests/unit/test_compare_stats.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import compose_config, quiet
-from ihlab.compare import compare, compare_samples, main
+from ihlab.compare import compare, main
+from ihlab.compare_stats import holm
 from ihlab.config import to_train_config
 from ihlab.outputs import write_summary
 from ihlab.train import config_dir, train
@@ -79,35 +80,52 @@ def test_csv_has_one_row_per_condition_matching_the_summaries(
     for condition, runs in by_condition.items():
         row = rows[condition]
         assert row["n_runs"] == "2" and row["seeds"] == "0,1"
-        times = [s["learning_time"]["step"] or s["steps"] for s in runs]  # never learned: last step
-        assert float(row["learning_time_mean"]) == pytest.approx(sum(times) / 2)
         losses = [s["final"]["eval/train/loss"] for s in runs]
         assert float(row["final_loss_mean"]) == pytest.approx(sum(losses) / 2)
         assert float(row["best_eval/heldout_pairs/acc_mean"]) == pytest.approx(
             sum(s["best"]["eval/heldout_pairs/acc"] for s in runs) / 2
         )
+        # 2 values: the bootstrap means run from the smaller value to the larger.
+        assert float(row["final_loss_ci_low"]) == min(losses)
+        assert float(row["final_loss_ci_high"]) == max(losses)
+    # Baseline: never learned in 300 steps, both runs censored; no median, no mean.
     assert [s["learning_time"]["step"] for s in by_condition["baseline"]] == [None, None]
-    assert rows["baseline"]["n_not_learned"] == "2" and rows["subcircuit_a"]["n_not_learned"] == "0"
-    assert float(rows["subcircuit_a"]["learning_time_mean"]) < 300
-    for quantity in ("learning_time", "final_loss"):
-        assert rows["baseline"][f"{quantity}_mwu_p"] == ""  # the baseline is not tested
-        for test in ("mwu_p", "welch_p"):
-            p = float(rows["subcircuit_a"][f"{quantity}_{test}"])
-            assert math.isnan(p) or 0 <= p <= 1
-    assert float(rows["subcircuit_a"]["final_loss_cohen_d"]) < -2  # far lower final loss
-    assert float(rows["subcircuit_a"]["final_loss_rank_biserial"]) == -1
+    base, clamped = rows["baseline"], rows["subcircuit_a"]
+    assert base["n_censored"] == "2" and base["learning_time_median"] == "inf"
+    assert base["learning_time_mean"] == "nan"
+    # Subcircuit A: both learned; Kaplan-Meier median = the first learning time (S drops to 1/2).
+    times = sorted(s["learning_time"]["step"] for s in by_condition["subcircuit_a"])
+    assert clamped["n_censored"] == "0" and float(clamped["learning_time_median"]) == times[0] < 300
+    assert float(clamped["learning_time_mean"]) == pytest.approx(sum(times) / 2)
+    # 2 learned vs 2 censored: the observed split and its mirror are the most extreme of C(4, 2).
+    assert float(clamped["learning_time_logrank_p"]) == pytest.approx(2 / 6)
+    assert clamped["learning_time_mwu_p"] == "nan" and "censored" in clamped["learning_time_note"]
+    # Final loss: 2 vs 2 completely separated, exact Mann-Whitney p = 2/6.
+    assert float(clamped["final_loss_mwu_p"]) == pytest.approx(2 / 6)
+    assert clamped["final_loss_mwu_method"] == "exact"
+    assert float(clamped["final_loss_cohen_d"]) < -2  # far lower final loss
+    assert float(clamped["final_loss_rank_biserial"]) == -1
+    assert base["final_loss_mwu_p"] == ""  # the baseline is not tested
+    # Holm over the comparison's 3 tests: log-rank, Mann-Whitney and Welch.
+    keys = ["learning_time_logrank_p", "final_loss_mwu_p", "final_loss_welch_p"]
+    raw = [float(clamped[k]) for k in keys]
+    for key, adjusted in zip(keys, holm(raw), strict=True):
+        assert float(clamped[f"{key}_holm"]) == pytest.approx(adjusted)
 
 
-def test_markdown_lists_the_runs_left_out_and_the_learning_time_rule(sweep: Path) -> None:
+def test_markdown_lists_the_runs_left_out_and_the_censoring_rule(sweep: Path) -> None:
     md = (sweep / "comparison.md").read_text()
-    assert "| baseline | 2 | 0,1 |" in md and "| subcircuit_a | 2 | 0,1 |" in md
-    assert "counts as its last step" in md
+    assert "| baseline | 2 | 0,1 | not reached | 2 |" in md
+    assert "| subcircuit_a | 2 | 0,1 |" in md and "censored there" in md
+    assert "| subcircuit_a | learning time | log-rank (exact permutation) | χ² = " in md
+    assert "| subcircuit_a | final loss | Mann-Whitney (exact) | U = 0 | 0.333 |" in md
+    assert "adjusted over all 3 tests" in md
     assert "| 4_baseline_s2 | failed | baseline | RuntimeError: boom |" in md
-    assert "| 5_subcircuit_a_s2 | unfinished | subcircuit_a |" in md
+    assert "| 5_subcircuit_a_s2 | unfinished | subcircuit_a | no summary.json yet" in md
 
 
 def test_plots_are_png_files(sweep: Path, result: dict[str, Any]) -> None:
-    for name in ("curves", "onsets", "heads"):
+    for name in ("learning_time", "curves", "onsets", "heads"):
         path = sweep / f"{name}.png"
         assert result["files"][name] == str(path)
         assert path.read_bytes()[:8] == PNG
@@ -135,24 +153,55 @@ def test_main_through_hydra_compose(sweep: Path, tmp_path: Path) -> None:
         "comparison.md",
         "curves.png",
         "heads.png",
+        "learning_time.png",
         "onsets.png",
     ]
 
 
-def test_compare_samples_on_synthetic_numbers() -> None:
-    apart = compare_samples([10.0, 11, 12, 13, 14], [0.0, 1, 2, 3, 4])
-    assert apart["mwu_p"] < 0.01 and apart["welch_p"] < 0.001
-    assert apart["cohen_d"] > 5 and apart["rank_biserial"] == 1 and apart["note"] == ""
-    close = compare_samples([1.0, 2, 3, 4], [1.5, 2.5, 3.5, 4.5])
-    assert close["mwu_p"] > 0.5 and abs(close["cohen_d"]) < 0.5
-    few = compare_samples([1.0], [2.0, 3.0])
-    assert math.isnan(few["mwu_p"]) and math.isnan(few["cohen_d"]) and "at least 2" in few["note"]
-    flat = compare_samples([5.0, 5.0], [3.0, 3.0])
-    assert flat["rank_biserial"] == 1 and 0 <= flat["mwu_p"] <= 1
-    assert (
-        math.isnan(flat["welch_p"])
-        and math.isnan(flat["cohen_d"])
-        and "zero variance" in flat["note"]
-    )
-    same = compare_samples([2.0, 2.0], [2.0, 2.0])
-    assert math.isnan(same["mwu_p"]) and "equal" in same["note"]
+def copy_runs(sweep: Path, dest: Path, names: tuple[str, ...] = RUNS) -> Path:
+    for name in names:
+        shutil.copytree(sweep / name, dest / name)
+    return dest
+
+
+def test_runs_of_different_experiments_are_not_pooled(sweep: Path, tmp_path: Path) -> None:
+    root = copy_runs(sweep, tmp_path / "runs")
+    other = root / "1_baseline_s1"  # now a run of another experiment, in the same condition
+    summary = json.loads((other / "summary.json").read_text())
+    write_summary(other / "summary.json", {**summary, "name": "induction_2l"})
+    resolved = other / ".hydra" / "resolved.yaml"
+    resolved.write_text(resolved.read_text().replace("name: fewshot_fast", "name: induction_2l"))
+    with pytest.raises(ValueError, match=r"'baseline' .* different experiments .*group_by=name"):
+        compare([root], out=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"fewshot_fast: 3 runs.*induction_2l: 1 runs"):
+        compare([root], group_by="data.n_labels", out=tmp_path / "out")
+    rows = compare([root], group_by="name", out=tmp_path / "out")["rows"]
+    assert [(r["condition"], r["n_runs"]) for r in rows] == [
+        ("fewshot_fast", 3),
+        ("induction_2l", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "group_by"),
+    [
+        ("metrics.csv", "step,sequences,eval/train/loss\n100,3200,0.5\n200,x,0.4\n", "condition"),
+        ("metrics.csv", "", "condition"),
+        ("summary.json", '{"status": "completed", "condition": "baseline"', "condition"),
+        ("summary.json", '{"status": "completed", "steps": 300}', "condition"),
+        (".hydra/resolved.yaml", "seed: [0, 1", "seed"),
+    ],
+)
+def test_an_unreadable_file_is_named_and_its_run_left_out(
+    sweep: Path, tmp_path: Path, file: str, content: str, group_by: str
+) -> None:
+    root = copy_runs(sweep, tmp_path / "runs")
+    bad = root / "2_subcircuit_a_s0"
+    (bad / file).write_text(content)
+    result = compare([root], group_by=group_by, out=tmp_path / "out")
+    assert [(s["dir"], s["status"]) for s in result["skipped"]] == [(str(bad), "unreadable")]
+    reason = result["skipped"][0]["reason"]
+    assert str(bad / file) in reason and "Fix:" in reason
+    assert sum(r["n_runs"] for r in result["rows"]) == 3
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert f"| {bad} | unreadable |" in md
