@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from ihlab.data.base import ModelIO
@@ -24,12 +26,64 @@ def identity_copier(n_layers: int = 1) -> Transformer:
     return model
 
 
-def test_a_perfect_copying_head_scores_1_and_a_silent_one_minus_1() -> None:
+def test_a_copying_head_scores_1_an_anti_copying_head_minus_1_a_silent_one_nan() -> None:
     model = identity_copier()
-    assert copying_score(model).tolist() == [[1.0]]
+    assert copying_score(model).tolist() == [[pytest.approx(1.0)]]
+    with torch.no_grad():
+        model.blocks[0].attn.out.weight.copy_(-torch.eye(6))  # every token lowers its own logit
+    assert copying_score(model).tolist() == [[pytest.approx(-1.0)]]
     with torch.no_grad():
         model.blocks[0].attn.out.weight.zero_()
-    assert copying_score(model).tolist() == [[-1.0]]
+    assert math.isnan(copying_score(model).item())
+
+
+def full_ov_score(model: Transformer, embed: torch.Tensor, layer: int, head: int) -> float:
+    """The copying score from numpy's eigenvalues of the full vocab x vocab circuit, LayerNorms
+    as their linear part (centre, then gain), built from the raw weights."""
+    block, d = model.blocks[layer], model.cfg.d_model
+    dh = model.cfg.head_dim
+    qkv, out = block.attn.qkv.weight.detach().numpy(), block.attn.out.weight.detach().numpy()
+    w_v = qkv[2 * d + head * dh : 2 * d + (head + 1) * dh].T  # (d_model, d_head)
+    w_o = out[:, head * dh : (head + 1) * dh].T  # (d_head, d_model)
+    x = embed.detach().numpy().astype(np.float64)
+    x = (x - x.mean(axis=1, keepdims=True)) * block.ln_attn.weight.detach().numpy()
+    o = x @ w_v @ w_o  # (vocab, d_model): what each token's value writes
+    o = (o - o.mean(axis=1, keepdims=True)) * model.ln_final.weight.detach().numpy()
+    circuit = o @ model.unembed.weight.detach().numpy()[: len(x)].T  # (vocab, vocab)
+    eigenvalues = np.linalg.eigvals(circuit)
+    return float(eigenvalues.real.sum() / np.abs(eigenvalues).sum())
+
+
+def randomize_norms(model: Transformer) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+
+
+def test_random_heads_score_about_0_as_numpy_computes_on_the_full_circuit() -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layers=4, n_heads=4, d_model=32), ModelIO(8, 50, 50))
+    randomize_norms(model)
+    scores = copying_score(model)
+    expected = [
+        [full_ov_score(model, model.embed_tokens.weight, layer, h) for h in range(4)]
+        for layer in range(4)
+    ]
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-5)
+    assert abs(scores.mean().item()) < 0.15  # 16 random heads: eigenvalues of either sign
+
+
+def test_few_shot_models_use_the_label_embeddings() -> None:
+    torch.manual_seed(1)
+    io = ModelIO(n_ctx=8, d_vocab_out=5, d_features=7, n_labels=5)  # 5 labels < d_head 8
+    model = Transformer(ModelConfig(n_layers=2, n_heads=4, d_model=32), io)
+    randomize_norms(model)
+    expected = [
+        [full_ov_score(model, model.embed_labels.weight, layer, h) for h in range(4)]
+        for layer in range(2)
+    ]
+    np.testing.assert_allclose(copying_score(model).numpy(), expected, atol=1e-5)
 
 
 def test_composition_score_of_aligned_and_orthogonal_matrices() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from ihlab.clamps import induction_pattern
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.heads import PrefixProtocol, head_scores, repeated_token_batch
+from ihlab.probe.heads import PrefixProtocol, copying_scores, head_scores, repeated_token_batch
 from tiny_hf import ARCHS, PROTOCOL, VOCAB, tiny
 
 
@@ -36,6 +36,44 @@ def test_a_constructed_induction_head_scores_about_1_and_the_others_about_0(arch
     assert others.max() < 0.3  # random heads spread attention over ~40 keys
     assert scores["previous_token"].shape == scores["copying"].shape == (2, 4)
     assert ((scores["copying"] >= -1) & (scores["copying"] <= 1)).all()
+
+
+def copy_setup(sign: float) -> tuple[torch.Tensor, ...]:
+    """A tiny Llama whose heads' outputs reach the logits of 8 context tokens one-to-one, and each
+    head's z at the second repeat: +-(one-hot of the token it attends to).
+
+    o_proj is the identity, so head h writes residual dimensions 8h..8h+7; the unembedding of the
+    i-th context token is 1 on dimension i of every head's block, so z = e_i raises that token's
+    logit only (the final RMSNorm scales it by a positive number)."""
+    loaded = tiny("llama")
+    model = loaded.model
+    tokens = torch.tensor([[0, *range(10, 18), *range(10, 18)]])  # BOS, 8 tokens, repeated
+    n, first = tokens.shape[1], 9
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.copy_(torch.eye(32))
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight[10:18] = torch.eye(8).repeat(1, 4)
+    z, patterns = {}, {}
+    for layer in range(2):
+        pattern = torch.zeros(1, 4, n, n)
+        z[layer] = torch.zeros(1, n, 4, 8)
+        for q in range(first, n):
+            for h in range(4):
+                key = 1 + (q - first + h) % 8  # each head attends to some token of the first repeat
+                pattern[0, h, q, key] = 1.0
+                z[layer][0, q, h, key - 1] = sign
+        patterns[layer] = pattern
+    return copying_scores(loaded, z, tokens, patterns, first)
+
+
+def test_copying_reads_1_for_a_copier_and_0_at_chance() -> None:
+    torch.testing.assert_close(copy_setup(1.0), torch.ones(2, 4))
+    # Lowering the attended token gives the raise to the 7 others: share 0, (0 - 1/8) / (7/8).
+    torch.testing.assert_close(copy_setup(-1.0), torch.full((2, 4), -1 / 7))
+    # Random heads: the attended token is one of 10 exchangeable tokens, share 1/10 on average.
+    scores = torch.cat([head_scores(tiny(arch), PROTOCOL)["copying"] for arch in ARCHS])
+    assert abs(scores.mean().item()) < 0.05
 
 
 def test_the_prefix_protocol_draws_distinct_mid_vocabulary_tokens() -> None:

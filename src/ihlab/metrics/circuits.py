@@ -1,4 +1,4 @@
-"""Weight-based head scores: empirical copying and Q/K/V composition (Olsson et al., Elhage et al.).
+"""Weight-based head scores: copying and Q/K/V composition (Olsson et al., Elhage et al.).
 
 Both read the parameters only (no data), so they are cheap enough for every scoring step. Matrices
 use the row-vector convention of the papers: a residual vector x (d_model,) gives the head's value
@@ -8,7 +8,7 @@ x W_V and output x W_V W_O; W_OV = W_V W_O and W_QK = W_Q W_K^T are (d_model, d_
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ihlab.model import Transformer
 
@@ -23,31 +23,50 @@ def head_matrices(model: Transformer, layer: int) -> dict[str, Tensor]:
     return {"q": w_q, "k": w_k, "v": w_v, "o": w_o}
 
 
-@torch.no_grad()
-def copying_score(model: Transformer, n_tokens: int = 200, seed: int = 0) -> Tensor:
-    """Empirical copying score of every head, (layer, head), in [-1, 1].
+def ln_linear_part(norm: nn.Module, d_model: int) -> Tensor:
+    """The linear part of a LayerNorm as a (d_model, d_model) float64 matrix acting on row
+    vectors: centring then the gain, (I - 11^T / d) diag(gamma); the identity without a norm."""
+    eye = torch.eye(d_model, dtype=torch.float64)
+    if not isinstance(norm, nn.LayerNorm):
+        return eye
+    gain = torch.ones(d_model) if norm.weight is None else norm.weight.detach().cpu()
+    return (eye - 1 / d_model) * gain.double()  # column j scaled by gamma_j
 
-    For input tokens t (token ids, or labels for few-shot models; at most `n_tokens`, drawn with
-    `seed`), the head's direct-path logits ln_final(ln_attn(e_t) W_OV) W_U are mean-centred and
-    ReLU'd; the score is the share of that raise given to t itself, averaged over t and rescaled
-    from [0, 1] to [-1, 1] (1: a perfect copying head; about -1: no copying).
+
+@torch.no_grad()
+def copying_score(model: Transformer) -> Tensor:
+    """Olsson et al.'s copying score of every head, (layer, head), in [-1, 1]: sum(Re lambda) /
+    sum(|lambda|) over the eigenvalues of the head's full OV circuit W_E W_V W_O W_U (vocab x
+    vocab; for few-shot models the label embeddings and the unembedding to the labels). +1: every
+    token raises its own logit (a copying head); -1: it lowers it; about 0: a random head. NaN
+    for a head whose OV circuit is zero.
+
+    The nonzero eigenvalues of A B equal those of B A, so they come from the d_head x d_head
+    product (W_O W_U)(W_E W_V), or the vocab x vocab one if smaller (as TransformerLens'
+    FactoredMatrix.eigenvalues): cheap enough for every scoring step.
+
+    Decision: LayerNorms are folded in by their linear part, as TransformerLens' fold_ln and
+    centring do: the block's input norm (centring and gain) between W_E and W_V, the final norm
+    between W_O and W_U. Their 1/sigma is left out: it is a positive number per position set by
+    the whole residual stream at run time, not by the weights, and it does not change which tokens
+    a head raises. Their biases and the unembedding bias are left out too: they add the same
+    logits whatever token the head reads.
     """
-    table = model.embed_tokens if hasattr(model, "embed_tokens") else model.embed_labels
-    n_vocab = min(table.weight.shape[0], model.unembed.weight.shape[0])
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randperm(n_vocab, generator=g)[:n_tokens]  # (tokens,)
-    embeddings = table.weight[tokens]  # (tokens, d_model)
+    embed = model.embed_tokens if hasattr(model, "embed_tokens") else model.embed_labels
+    n_vocab = min(embed.weight.shape[0], model.unembed.weight.shape[0])
+    d_model = model.cfg.d_model
+    w_e = embed.weight[:n_vocab].detach().cpu().double()  # (vocab, d_model)
+    w_u = model.unembed.weight[:n_vocab].detach().cpu().double().T  # (d_model, vocab)
+    w_u = ln_linear_part(model.ln_final, d_model) @ w_u
     rows = []
     for layer, block in enumerate(model.blocks):
-        w = head_matrices(model, layer)
-        x = block.ln_attn(embeddings)  # (tokens, d_model)
-        out = torch.einsum("td,hde,hem->htm", x, w["v"], w["o"])  # (head, tokens, d_model)
-        logits = model.unembed(model.ln_final(out))  # (head, tokens, vocab)
-        raised = (logits - logits.mean(dim=-1, keepdim=True)).relu()
-        own = raised[:, torch.arange(len(tokens)), tokens]  # (head, tokens)
-        share = own / raised.sum(dim=-1).clamp(min=1e-12)
-        rows.append(2 * share.mean(dim=1) - 1)
-    return torch.stack(rows)
+        w = {k: m.detach().cpu().double() for k, m in head_matrices(model, layer).items()}
+        a = w_e @ ln_linear_part(block.ln_attn, d_model) @ w["v"]  # (head, vocab, d_head)
+        b = w["o"] @ w_u  # (head, d_head, vocab)
+        small = b @ a if a.shape[-1] <= n_vocab else a @ b  # same nonzero eigenvalues
+        eigenvalues = torch.linalg.eigvals(small)  # (head, d)
+        rows.append(eigenvalues.real.sum(-1) / eigenvalues.abs().sum(-1))
+    return torch.stack(rows).float()
 
 
 def composition_score(w_a: Tensor, w_b: Tensor) -> Tensor:

@@ -90,14 +90,19 @@ def copying_scores(
     patterns: dict[int, Tensor],
     first: int,
 ) -> Tensor:
-    """Empirical copying score per head, (layer, head) in [-1, 1], on one repeated sequence.
+    """In-context copying score per head, (layer, head): the share of the head's direct-path logit
+    raise that goes to the token it attends to, above chance, on one repeated sequence.
 
     At the queries of the second repeat (`first` to `2 * first - 1`), each head's direct-path
     logits (its z through its slice of the output projection, the final norm and the unembedding)
-    over the sequence's distinct tokens are mean-centred and ReLU'd; the score is the share of that
-    raise given to the token the head attends to most, averaged over those queries and rescaled
-    from [0, 1] to [-1, 1]. Decision: the share is taken among the tokens in context, not the
-    whole vocabulary: over ~50k logits any single token's share is ~0 even for a strong copier.
+    over the sequence's n distinct tokens are mean-centred and ReLU'd; the share of that raise
+    given to the token the head attends to most (0 where that is not one of them, e.g. BOS) is
+    averaged over those queries and calibrated against chance, (share - 1/n) / (1 - 1/n): 1 when
+    all the raise goes to the attended token, 0 for a random head, -1/(n - 1) at the least. So a
+    head that lowers the attended token reads about 0, not -1: unlike the lab's weight-based
+    eigenvalue score (`ihlab.metrics.circuits.copying_score`), this one does not separate
+    anti-copying from not copying. Decision: the share is taken among the tokens in context, not
+    the whole vocabulary: over ~50k logits any single token's share is ~0 even for a strong copier.
     """
     model = loaded.model
     unembed, norm = model.get_output_embeddings(), final_norm(model)
@@ -123,7 +128,8 @@ def copying_scores(
         attended = slot[tokens[0][patterns[layer][0][:, queries].argmax(-1)]]  # (head, query)
         own = raised.gather(-1, attended.clamp(min=0)[..., None])[..., 0] * (attended >= 0)
         share = own / raised.sum(dim=-1).clamp(min=1e-12)
-        rows.append(2 * share.mean(dim=1) - 1)
+        chance = 1 / len(candidates)
+        rows.append((share.mean(dim=1) - chance) / (1 - chance))
     return torch.stack(rows)
 
 
