@@ -8,8 +8,10 @@ naming the key and the fix. Both happen before any data is made or any model is 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -21,6 +23,8 @@ from ihlab.data import FewShotConfig, RepeatedTokensConfig
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig
 from ihlab.optim import OptimConfig
+
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -46,15 +50,49 @@ class TrainerConfig:
     deterministic: bool = False
     # With clamps: also evaluate (and score heads) without them, logged under "unclamped/".
     eval_unclamped: bool = False
+    # A training loss above divergence_factor x ln(output size) (the uniform guess's loss), or a
+    # non-finite one, stops the run with status "diverged". 0: only non-finite losses stop it.
+    divergence_factor: float = 10.0
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "eval_every", "log_every", "checkpoint_every", "progress_refresh"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"trainer.{key}={getattr(self, key)} must be >= 1.")
+                raise ConfigError(
+                    f"trainer.{key}={getattr(self, key)} must be >= 1. Fix: set trainer.{key} to "
+                    "a positive number of steps."
+                )
+        if self.devices < 1:
+            raise ConfigError(f"trainer.devices={self.devices} must be >= 1.")
         if self.threads < 0:
             raise ConfigError(f"trainer.threads={self.threads} must be >= 0 (0: torch's default).")
         if self.score_every < 0:
             raise ConfigError(f"trainer.score_every={self.score_every} must be >= 0 (0: never).")
+        clip = self.gradient_clip_val
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
+            raise ConfigError(
+                f"trainer.gradient_clip_val={clip} must be a finite number > 0, or null for no "
+                "clipping."
+            )
+        if not (math.isfinite(self.divergence_factor) and self.divergence_factor >= 0):
+            raise ConfigError(
+                f"trainer.divergence_factor={self.divergence_factor} must be a finite number "
+                ">= 0 (0: stop only on non-finite losses)."
+            )
+        if (self.icl_early is None) != (self.icl_late is None):
+            raise ConfigError(
+                f"trainer.icl_early={self.icl_early} and trainer.icl_late={self.icl_late}: set "
+                "both target positions of the ICL score, or neither (the data's default)."
+            )
+        if self.icl_early is not None and not 0 <= self.icl_early < self.icl_late:
+            raise ConfigError(
+                f"trainer.icl_early={self.icl_early} must be >= 0 and below "
+                f"trainer.icl_late={self.icl_late} (the score is loss late minus loss early)."
+            )
+
+
+class ResumeMode(str, Enum):
+    auto = "auto"  # a directory holding this same run, unfinished: continue it; finished: skip
+    never = "never"  # refuse any directory that already holds a run
 
 
 class WandbMode(str, Enum):
@@ -78,7 +116,9 @@ class TrainConfig:
     # Condition within the experiment; conf/train.yaml derives it from the clamp names.
     condition: str = "baseline"
     seed: int = 0
-    ckpt_path: str | None = None  # resume from this checkpoint
+    ckpt_path: str | None = None  # resume from this checkpoint (in its own run directory)
+    resume: ResumeMode = ResumeMode.auto  # what a start in a directory holding this run does
+    replace: bool = False  # move whatever the run directory holds aside, then start fresh
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = MISSING  # RepeatedTokensConfig | FewShotConfig, typed by the data group's schema
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -92,6 +132,23 @@ class TrainConfig:
                 f"data must come from a data config (data=repeated_tokens or data=fewshot), "
                 f"got {type(self.data).__name__}."
             )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed={self.seed} must be between 0 and {MAX_SEED} (numpy's seed range; "
+                "Lightning would silently replace anything else by 0)."
+            )
+        if self.trainer.icl_early is not None:
+            if not isinstance(self.data, RepeatedTokensConfig):
+                raise ConfigError(
+                    "trainer.icl_early / trainer.icl_late are target positions of the ICL score, "
+                    "which only token data has. Fix: remove them."
+                )
+            n_targets = self.data.seq_len - 1
+            if self.trainer.icl_late >= n_targets:
+                raise ConfigError(
+                    f"trainer.icl_late={self.trainer.icl_late} is beyond the {n_targets} target "
+                    f"positions (0-{n_targets - 1}). Fix: choose a position below {n_targets}."
+                )
         check_clamps(self.clamps, self.model, self.data)
 
     @property
@@ -108,9 +165,20 @@ def clamp_condition(clamps: DictConfig) -> str:
     return "+".join(str(name) for name in clamps) or "baseline"
 
 
+def run_dir_of(ckpt_path: str | None, new_dir: str) -> str:
+    """The run directory of a run: with `ckpt_path` inside `<run>/checkpoints/`, that run's
+    directory (a resume continues in place), else `new_dir`."""
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).expanduser()
+        if ckpt.parent.name == "checkpoints":
+            return str(ckpt.parent.parent)
+    return new_dir
+
+
 def register_configs() -> None:
     """Put the schemas where the YAML files in conf/ find them; register the config resolvers."""
     OmegaConf.register_new_resolver("clamp_condition", clamp_condition, replace=True)
+    OmegaConf.register_new_resolver("ihlab_run_dir", run_dir_of, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="schema/data", name="repeated_tokens", node=RepeatedTokensConfig)

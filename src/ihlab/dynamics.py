@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,10 +14,16 @@ PHASE_CHANGE_METHOD = "peak-slope"
 
 
 def learning_time(steps: Sequence[int], values: Sequence[float], threshold: float) -> int | None:
-    """First step whose value is below `threshold` (Singh et al.: loss < 0.4 ln 2), else None."""
+    """First step whose value is below `threshold` (Singh et al.: loss < 0.4 ln 2), else None.
+    None too if a non-finite value comes first: a broken curve has no learning time."""
     if len(steps) != len(values):
         raise ValueError(f"steps ({len(steps)}) and values ({len(values)}) differ in length.")
-    return next((int(s) for s, v in zip(steps, values, strict=True) if v < threshold), None)
+    for step, value in zip(steps, values, strict=True):
+        if not math.isfinite(value):
+            return None
+        if value < threshold:
+            return int(step)
+    return None
 
 
 @dataclass
@@ -61,14 +68,19 @@ def detect_phase_change(
     - its drop (smoothed value at onset minus at end) exceeds `min_noise_ratio` times the curve's
       noise (median absolute deviation of the raw curve around the smoothed one, as an s.d.) and
       `min_range_frac` of the smoothed curve's whole range, so wiggles are not one.
-    The largest such drop is the phase change. Steps need not be evenly spaced; NaNs are dropped.
+    The largest such drop is the phase change. Steps need not be evenly spaced. A curve with a
+    non-finite value (a diverged run) is refused: no phase change is read off it.
     """
     x = np.asarray(steps, dtype=float)
     y = np.asarray(values, dtype=float)
     if x.shape != y.shape:
         raise ValueError(f"steps ({len(x)}) and values ({len(y)}) differ in length.")
-    keep = np.isfinite(y)
-    x, y = x[keep], y[keep]
+    bad = ~np.isfinite(y)
+    if bad.any():
+        where = ", ".join(str(int(s)) for s in x[bad][:5])
+        return PhaseChange(
+            False, PHASE_CHANGE_METHOD, reason=f"the curve has non-finite values (steps {where})"
+        )
     if len(x) < 8:
         return PhaseChange(False, PHASE_CHANGE_METHOD, reason=f"only {len(x)} points")
     smooth = gaussian_filter1d(y, sigma=max(1.0, smooth_frac * len(y)), mode="nearest")

@@ -57,6 +57,15 @@ class ModelConfig:
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}. "
                 f"Fix: set model.n_heads to a divisor of d_model {divisors} or change d_model."
             )
+        for key in ("init_std", "rope_base"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"model.{key}={value} must be a finite number > 0. Fix: e.g. "
+                    "model.init_std=0.02, model.rope_base=10000."
+                )
+        if self.d_mlp is not None and self.d_mlp < 1:
+            raise ConfigError(f"model.d_mlp={self.d_mlp} must be >= 1 (or null for 4 x d_model).")
         if self.d_head is not None and self.d_head < 1:
             raise ConfigError(
                 f"model.d_head={self.d_head} must be >= 1 (or null for d_model/n_heads)."
@@ -251,10 +260,15 @@ def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
 
 def load_lab_model(checkpoint: str) -> Transformer:
     """The model of an `ihlab-train` checkpoint (its shape is stored beside the weights), in eval
-    mode; ValueError for a file without that entry."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "ihlab_model" not in state:
-        raise ValueError(f"{checkpoint} was not written by ihlab-train (no model config in it).")
+    mode, loaded without arbitrary unpickling; ValueError (`CheckpointError`) for a file that is
+    unreadable, unsafe, or not written by ihlab-train."""
+    from ihlab.checkpoints import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if "ihlab_model" not in state or "state_dict" not in state:
+        raise CheckpointError(
+            f"{checkpoint} was not written by ihlab-train (no model config in it)."
+        )
     model = Transformer(*from_shape_state(state["ihlab_model"]))
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}

@@ -13,6 +13,8 @@ are also logged without clamps, under "unclamped/".
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -33,6 +35,16 @@ from ihlab.model import ModelConfig, Transformer, shape_state
 from ihlab.optim import OptimConfig, build_optimizer, lr_factor
 from ihlab.outputs import StepTable, log_head_scores, loss_by_position_figure
 from ihlab.sites import SiteHooks
+
+log = logging.getLogger("ihlab.module")
+
+
+class Diverged(Exception):
+    """The training loss at `step` was non-finite or above `limit`: the run cannot go on."""
+
+    def __init__(self, step: int, loss: float, limit: float) -> None:
+        self.step, self.loss, self.limit = step, loss, limit
+        super().__init__(f"training loss {loss:.6g} at step {step} (limit {limit:.6g})")
 
 
 class LabModule(L.LightningModule):
@@ -58,6 +70,7 @@ class LabModule(L.LightningModule):
         eval_unclamped: bool = False,
         tables: dict[str, StepTable] | None = None,
         pca_examples: int = 256,
+        divergence_limit: float = math.inf,
     ) -> None:
         super().__init__()
         self.model = Transformer(model_cfg, io)
@@ -69,6 +82,7 @@ class LabModule(L.LightningModule):
         self.token_task = io.d_vocab is not None
         self.eval_splits = eval_splits
         self.icl_positions = icl_positions
+        self.divergence_limit = divergence_limit  # a training loss above it stops the run
         self.tables = tables or {}  # "loss_by_position", "per_token_loss": one row per evaluation
         self.eval_variants = ("", "unclamped/") if self.eval_unclamped else ("",)
         self.eval_metrics = torch.nn.ModuleDict(
@@ -156,6 +170,9 @@ class LabModule(L.LightningModule):
         logits, targets = self.predict(batch)
         token_loss = self.token_losses(logits, targets)
         loss = token_loss.mean()
+        value = float(loss.detach())
+        if not math.isfinite(value) or value > self.divergence_limit:
+            raise Diverged(self.global_step, value, self.divergence_limit)
         if self.global_step % self.log_every == 0:
             self.log_train_metrics(
                 batch, token_loss.detach(), logits.detach().argmax(-1) == targets
@@ -235,6 +252,8 @@ class LabModule(L.LightningModule):
         self.send(metrics)
         for logger in self.loggers:
             logger.save()  # metrics.csv on disk is never more than one evaluation behind
+        shown = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+        log.info("step %d: %s", self.global_step, shown)
 
     def record_tables(self, running: torch.nn.ModuleDict) -> None:
         """This evaluation's per-example losses (and loss by position) as rows of the run's

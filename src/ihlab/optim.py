@@ -37,8 +37,24 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # floor of the cosine/linear decay, as a fraction of lr
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0.")
+        positive = {"lr": self.lr, "eps": self.eps}
+        for key, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"optim.{key}={value} must be a finite number > 0. Fix: set optim.{key}, "
+                    "e.g. optim.lr=1e-3."
+                )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"optim.weight_decay={self.weight_decay} must be a finite number >= 0."
+            )
+        for key in ("beta1", "beta2"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(
+                    f"optim.{key}={value} must be in [0, 1) (Adam's moment decay). Fix: e.g. "
+                    "optim.beta1=0.9 optim.beta2=0.999."
+                )
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0.")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

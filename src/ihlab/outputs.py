@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from ihlab.atomic import open_atomic, write_text_atomic
+
 FIRST_COLUMNS = ("step", "sequences")
 
 
@@ -34,10 +36,7 @@ class MetricsCSV(Logger):
         self.path, self.batch_size = Path(path), batch_size
         self.rows: dict[int, dict[str, float]] = {}
         if self.path.exists():
-            with self.path.open() as f:
-                for row in csv.DictReader(f):
-                    step = int(row["step"])
-                    self.rows[step] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            self.rows = {int(row["step"]): row for row in read_metrics(self.path)}
 
     @property
     def name(self) -> str:
@@ -67,14 +66,11 @@ class MetricsCSV(Logger):
     def save(self) -> None:
         keys = sorted({k for row in self.rows.values() for k in row} - set(FIRST_COLUMNS))
         columns = [*FIRST_COLUMNS, *keys]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with open_atomic(self.path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             for step in sorted(self.rows):
                 writer.writerow({k: _fmt(v) for k, v in self.rows[step].items()})
-        tmp.replace(self.path)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -104,7 +100,7 @@ class StepTable:
         self.rows = {s: r for s, r in self.rows.items() if s <= step}
 
     def save(self) -> None:
-        with self.path.open("w", newline="") as f:
+        with open_atomic(self.path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", *self.names])
             for step in sorted(self.rows):
@@ -112,12 +108,16 @@ class StepTable:
 
 
 def read_step_table(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(steps (n,), column names, values (n, columns)) of a StepTable CSV."""
-    with Path(path).open() as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = [[float(x) for x in row] for row in reader]
-    data = np.array(rows, dtype=float).reshape(len(rows), len(header))
+    """(steps (n,), column names, values (n, columns)) of a StepTable CSV; ValueError naming the
+    file if it is not one."""
+    try:
+        with Path(path).open() as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows = [[float(x) for x in row] for row in reader]
+        data = np.array(rows, dtype=float).reshape(len(rows), len(header))
+    except (StopIteration, ValueError) as err:
+        raise ValueError(f"{path} is not a readable step table ({err or 'empty file'}).") from None
     return data[:, 0].astype(int), header[1:], data[:, 1:]
 
 
@@ -133,9 +133,27 @@ def loss_by_position_figure(steps: np.ndarray, losses: np.ndarray) -> plt.Figure
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as dicts of floats (empty cells left out)."""
-    with Path(path).open() as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    """Rows of a metrics.csv as dicts of floats (empty cells left out; `step` and `sequences`
+    as ints); ValueError naming the file and line if it is not a metrics.csv."""
+    rows = []
+    with Path(path).open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or list(reader.fieldnames[:2]) != list(FIRST_COLUMNS):
+            raise ValueError(
+                f"{path} is not a metrics.csv: its header must start with step,sequences."
+            )
+        for row in reader:
+            try:
+                values: dict[str, float] = {
+                    k: float(v) for k, v in row.items() if v not in ("", None) and k is not None
+                }
+                values["step"], values["sequences"] = int(values["step"]), int(values["sequences"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: not a metrics row ({err})."
+                ) from None
+            rows.append(values)
+    return rows
 
 
 def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
@@ -178,8 +196,8 @@ def log_head_scores(
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    """summary.json, with NaN/inf written as null so any JSON reader accepts it."""
-    Path(path).write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+    """summary.json, written atomically, with NaN/inf as null so any JSON reader accepts it."""
+    write_text_atomic(path, json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
 
 
 def _clean(value: Any) -> Any:

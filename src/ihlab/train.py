@@ -3,40 +3,65 @@
     ihlab-train                                # experiment=induction_2l, W&B offline, CPU
     ihlab-train experiment=fewshot_fast seed=3
     ihlab-train -m experiment=smeared_1l,plain_1l seed=0,1,2
-    ihlab-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+    ihlab-train ckpt_path=outputs/.../checkpoints/step_000500.ckpt   # resume, in that run's dir
 
 The config root is the repository's `conf/` (or the copy packaged with ihlab), whatever the current
-directory. Each run writes `.hydra/`, `metrics.csv`, `summary.json`, `checkpoints/` and the W&B run
-folder to its Hydra run directory. A run that fails still leaves its log, its metrics so far, a
-`summary.json` saying why, and a checkpoint; in a multirun, a failed job does not stop the others.
+directory. Each run writes `.hydra/`, `train.log`, `metrics.csv`, `summary.json`, `checkpoints/` and
+the W&B run folder to its run directory, which belongs to that run alone (rundir.py): a start in a
+directory holding another run is refused, one holding this same run resumes or skips it.
+
+Every run ends with a `summary.json` whose `status` says how: `completed`, `diverged` (the training
+loss exploded; no learning time or phase change is read off it), `interrupted` (SIGTERM/SIGINT or
+preemption: a checkpoint was saved, the process exits as killed), `failed` (an error; the run keeps
+its log, metrics and checkpoints) or `config_error`. In a multirun a failed job does not stop the
+others; an interrupted one stops the multirun, and rerunning it with the same `hydra.sweep.dir`
+skips the finished jobs and resumes the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import shutil
+import signal
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.trainer.states import RunningStage
 from omegaconf import DictConfig, OmegaConf
 
+from ihlab.atomic import write_text_atomic
+from ihlab.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    PeriodicCheckpoint,
+    checkpoint_step,
+    latest_checkpoint,
+)
 from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
 from ihlab.data import FewShotConfig, make_datamodule
 from ihlab.dynamics import detect_phase_change, learning_time, per_token_loss_pca
 from ihlab.errors import ConfigError
-from ihlab.module import LabModule
+from ihlab.interrupts import GUARD, Interrupted, StopOnSignal, exit_as_signalled
+from ihlab.module import Diverged, LabModule
 from ihlab.outputs import MetricsCSV, StepTable, read_metrics, read_step_table, write_summary
+from ihlab.rundir import RunDirError, RunLock, RunPlan, contents, plan_run
 from ihlab.seeding import derive_seed
 
 log = logging.getLogger("ihlab.train")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def config_dir() -> str:
@@ -45,36 +70,37 @@ def config_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
-class CheckpointOnException(Callback):
-    """Save the state at the moment training fails, beside the periodic and last checkpoints.
-
-    (Lightning's OnExceptionCheckpoint would also make every later `fit` resume from "last".)
+class CheckpointOnStop(Callback):
+    """Save the state when training stops early: `interrupted.ckpt` on a signal (always at a step
+    boundary, see StopOnSignal), `on_exception.ckpt` on an error. Nothing on divergence (those
+    weights are broken) or on an error during an evaluation (a resume cannot redo half an
+    evaluation: the last periodic checkpoint stays the resume point).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, err: BaseException
     ) -> None:
-        trainer.save_checkpoint(self.path)
+        if isinstance(err, Interrupted):
+            trainer.save_checkpoint(self.folder / "interrupted.ckpt")
+        elif not isinstance(err, Diverged) and trainer.state.stage != RunningStage.VALIDATING:
+            trainer.save_checkpoint(self.folder / "on_exception.ckpt")
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.Trainer:
     t = config.trainer
     callbacks: list[Any] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="step_{step:06d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=t.checkpoint_every,
-            save_top_k=-1,
-            save_last=True,
-        ),
-        CheckpointOnException(run_dir / "checkpoints" / "on_exception.ckpt"),
+        StopOnSignal(t.eval_every),
+        PeriodicCheckpoint(run_dir / "checkpoints", t.checkpoint_every, t.eval_every),
+        CheckpointOnStop(run_dir / "checkpoints"),
     ]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=t.progress_refresh))
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # preemption is submitit's job (requeue + resume=auto)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         max_steps=t.max_steps,
         accelerator=t.accelerator,
@@ -88,7 +114,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.T
         deterministic=t.deterministic,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
+        enable_checkpointing=False,  # PeriodicCheckpoint saves them
         callbacks=callbacks,
+        plugins=plugins,
         logger=loggers,
         default_root_dir=run_dir,
     )
@@ -137,38 +165,52 @@ def run_tables(config: TrainConfig, run_dir: Path, n_ctx: int) -> dict[str, Step
 
 
 def write_loss_pca(run_dir: Path) -> dict[str, Any] | None:
-    """loss_pca.csv (step, pc1, pc2) from per_token_loss.csv; None with fewer than 3 evaluations."""
+    """loss_pca.csv (step, pc1, pc2) from the finite rows of per_token_loss.csv; None with fewer
+    than 3 of them."""
     path = run_dir / "per_token_loss.csv"
     if not path.exists():
         return None
     steps, _, losses = read_step_table(path)
+    finite = np.isfinite(losses).all(axis=1)
+    steps, losses = steps[finite], losses[finite]
     if len(steps) < 3:
         return None
     coords, explained = per_token_loss_pca(losses)
-    with (run_dir / "loss_pca.csv").open("w") as f:
-        f.write("step,pc1,pc2\n")
-        for step, (pc1, pc2) in zip(steps, coords, strict=True):
-            f.write(f"{step},{pc1},{pc2}\n")
+    lines = ["step,pc1,pc2"] + [f"{s},{a},{b}" for s, (a, b) in zip(steps, coords, strict=True)]
+    write_text_atomic(run_dir / "loss_pca.csv", "\n".join(lines) + "\n")
     return {"file": "loss_pca.csv", "explained_variance": explained.tolist()}
 
 
-def checkpoint_step(path: str) -> int:
-    """The optimizer step a Lightning checkpoint was saved at."""
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+def learning_time_metric(config: TrainConfig) -> tuple[str, float]:
+    """The curve a run's learning time and phase change are read from, and its threshold."""
+    if isinstance(config.data, FewShotConfig):
+        return "eval/train/loss", 0.4 * math.log(2)
+    return "eval/loss_repeat", 0.1 * math.log(config.data.vocab_size)
 
 
-def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) -> dict[str, Any]:
-    """Final, best and learning-time metrics read back from metrics.csv."""
+def summarize(
+    config: TrainConfig, run_dir: Path, steps: int, status: str = "completed"
+) -> dict[str, Any]:
+    """Final, best and learning-time metrics read back from metrics.csv (the whole run's rows).
+    A diverged run gets no learning time and no phase change: its curve is broken."""
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     final: dict[str, float] = {}
     for row in rows:
         final.update({k: v for k, v in row.items() if not k.startswith("heads/")})
-    best = {k: max(r[k] for r in rows if k in r) for k in final if k.endswith("/acc")}
-    if isinstance(config.data, FewShotConfig):
-        metric, threshold = "eval/train/loss", 0.4 * math.log(2)
-    else:
-        metric, threshold = "eval/loss_repeat", 0.1 * math.log(config.data.vocab_size)
+    best = {
+        k: max((r[k] for r in rows if k in r and math.isfinite(r[k])), default=math.nan)
+        for k in final
+        if k.endswith("/acc")
+    }
+    metric, threshold = learning_time_metric(config)
     curve = [(int(r["step"]), r[metric]) for r in rows if metric in r]
+    steps_, values = [s for s, _ in curve], [v for _, v in curve]
+    if status == "diverged":
+        learned = None
+        phase = {"detected": False, "method": "peak-slope", "reason": "the run diverged"}
+    else:
+        learned = learning_time(steps_, values, threshold)
+        phase = detect_phase_change(steps_, values).to_dict()
     return {
         "name": config.name,
         "condition": config.condition,
@@ -176,27 +218,148 @@ def summarize(config: TrainConfig, run_dir: Path, steps: int, seconds: float) ->
         "run_dir": str(run_dir),
         "steps": steps,
         "sequences": steps * config.data.batch_size,
-        "wall_time_s": seconds,
         "final": final,
         "best": best,
-        "learning_time": {
-            "metric": metric,
-            "threshold": threshold,
-            "step": learning_time([s for s, _ in curve], [v for _, v in curve], threshold),
-        },
-        "phase_change": {
-            "metric": metric,
-            **detect_phase_change([s for s, _ in curve], [v for _, v in curve]).to_dict(),
-        },
+        "learning_time": {"metric": metric, "threshold": threshold, "step": learned},
+        "phase_change": {"metric": metric, **phase},
         "loss_pca": write_loss_pca(run_dir),
     }
 
 
-def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any]:
-    """Train one run into `run_dir` and return its summary (also written to summary.json)."""
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Send this process's log records (Lightning's too) to `<run dir>/train.log` meanwhile."""
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    loggers = [logging.getLogger(), logging.getLogger("lightning.pytorch")]
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
+def quarantine_checkpoints(folder: Path, from_step: int) -> list[str]:
+    """Move the checkpoints saved at or after `from_step` (a diverged run's broken weights) to
+    `folder/diverged/`, so that no resume picks them; returns their new paths."""
+    moved = []
+    for path in sorted(folder.glob("*.ckpt")):
+        if checkpoint_step(path) >= from_step:
+            target = folder / "diverged" / path.name
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(str(path), str(target))
+            moved.append(str(target))
+    return moved
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    resolved: dict[str, Any],
+    hydra_files: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one run into `run_dir` and return its summary (also written to summary.json).
+
+    The directory is claimed first (rundir.py): locked, and checked to be empty or to hold this
+    same run, which is then resumed or, if finished, returned as it is. `hydra_files` (name ->
+    YAML) are written to `.hydra/` when the run starts fresh. Raises RunDirError if the run
+    cannot start there, Interrupted after a signal (its summary written), or the error of a
+    failed run (its summary written); a diverged run returns its summary.
+    """
+    run_dir = Path(run_dir)
+    with RunLock(run_dir), GUARD.deferring():
+        plan = plan_run(
+            run_dir,
+            resolved,
+            resume=config.resume.value,
+            replace=config.replace,
+            ckpt_path=config.ckpt_path,
+            max_steps=config.trainer.max_steps,
+        )
+        if plan.done is not None:
+            log.info(
+                "%s already holds this run, %s at step %s: nothing to do (replace=true to start "
+                "over).",
+                run_dir,
+                plan.done["status"],
+                plan.done["steps"],
+            )
+            return plan.done
+        with run_log(run_dir):
+            return _train(config, run_dir, resolved, plan, hydra_files or {})
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resolved: dict[str, Any],
+    plan: RunPlan,
+    hydra_files: Mapping[str, str],
+) -> dict[str, Any]:
     started = time.perf_counter()
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra" / "resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if plan.replaced is not None:
+        log.info("moved what %s held to %s", run_dir, plan.replaced)
+    if plan.checkpoint is None:
+        for name, text in hydra_files.items():
+            write_text_atomic(run_dir / ".hydra" / name, text)
+    write_text_atomic(run_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(resolved))
+    start_step = checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0
+    status, stop, error = "completed", {}, None
+    trainer: L.Trainer | None = None
+    loggers: list[Any] = []
+    saved: list[MetricsCSV | StepTable] = []
+    fit_seconds = math.nan
+    try:
+        module, datamodule, tables = build_run(config, run_dir)
+        csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
+        saved = [csv_logger, *tables.values()]
+        if plan.checkpoint is not None:  # the rows after the checkpoint are redone
+            for table in saved:
+                table.truncate_after(start_step)
+        log.info("%s %s in %s", "resuming" if start_step else "starting", config.run_name, run_dir)
+        loggers = [csv_logger]
+        if config.wandb.mode != WandbMode.disabled:
+            loggers.append(make_wandb_logger(config, run_dir, resolved))
+        trainer = build_trainer(config, run_dir, loggers)
+        fit_started = time.perf_counter()
+        ckpt = str(plan.checkpoint) if plan.checkpoint is not None else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        fit_seconds = time.perf_counter() - fit_started
+    except Diverged as err:
+        status = "diverged"
+        stop = {"divergence": divergence_record(run_dir / "checkpoints", err)}
+        log.error("diverged: %s", err)
+    except Interrupted as err:
+        status, error = "interrupted", err
+        stop = {"interruption": {"signal": signal.Signals(err.signum).name, "step": err.step}}
+    except Exception as err:
+        status, error = "failed", err
+        stop = {"error": f"{type(err).__name__}: {err}"}
+        log.exception("run failed")
+    finally:
+        for table in saved:
+            table.save()
+    step = trainer.global_step if trainer is not None else start_step
+    summary = finish(config, run_dir, step, status, stop, plan, started, start_step)
+    summary["steps_per_sec"] = (step - start_step) / fit_seconds
+    for logger in loggers[1:]:  # W&B
+        logger.experiment.summary.update(wandb_summary(summary))
+        logger.experiment.finish(exit_code=0 if status == "completed" else 1)
+    write_summary(run_dir / "summary.json", summary)
+    if error is not None:
+        raise error
+    return summary
+
+
+def build_run(
+    config: TrainConfig, run_dir: Path
+) -> tuple[LabModule, L.LightningDataModule, dict[str, StepTable]]:
+    """The module, datamodule and per-evaluation tables of a run, seeded from its config."""
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -205,6 +368,7 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
     tables = run_tables(config, run_dir, datamodule.io.n_ctx)
     torch.manual_seed(derive_seed(config.seed, "init"))
     icl = (config.trainer.icl_early, config.trainer.icl_late)
+    factor = config.trainer.divergence_factor
     module = LabModule(
         config.model,
         config.optim,
@@ -219,48 +383,65 @@ def train(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[
         eval_unclamped=config.trainer.eval_unclamped,
         tables=tables,
         pca_examples=len(tables["per_token_loss"].names),
+        divergence_limit=factor * math.log(datamodule.io.d_vocab_out) if factor else math.inf,
     )
-    csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
-    start_step = 0
-    if config.ckpt_path is not None:
-        start_step = checkpoint_step(config.ckpt_path)
-        csv_logger.truncate_after(start_step)
-        for table in tables.values():
-            table.truncate_after(start_step)
-    loggers: list[Any] = [csv_logger]
-    if config.wandb.mode != WandbMode.disabled:
-        loggers.append(make_wandb_logger(config, run_dir, resolved))
-    trainer = build_trainer(config, run_dir, loggers)
-    fit_started = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
-    finally:
-        csv_logger.save()
-        for table in tables.values():
-            table.save()
-    fit_seconds = time.perf_counter() - fit_started
-    summary = summarize(config, run_dir, trainer.global_step, time.perf_counter() - started)
+    return module, datamodule, tables
+
+
+def divergence_record(folder: Path, err: Diverged) -> dict[str, Any]:
+    """Where and how a run diverged; its checkpoints from that step on are quarantined."""
+    moved = quarantine_checkpoints(folder, err.step)
+    good = latest_checkpoint(folder)
+    return {
+        "step": err.step,
+        "loss": err.loss,
+        "limit": err.limit,
+        "last_good_checkpoint": str(good[0]) if good else None,
+        "quarantined": moved,
+    }
+
+
+def finish(
+    config: TrainConfig,
+    run_dir: Path,
+    step: int,
+    status: str,
+    stop: dict[str, Any],
+    plan: RunPlan,
+    started: float,
+    start_step: int,
+) -> dict[str, Any]:
+    """The run's summary, the earlier segments of a resumed run included."""
+    summary = summarize(config, run_dir, step, status)
+    segment = {
+        "from_step": start_step,
+        "to_step": step,
+        "status": status,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    segments = [*(plan.previous or {}).get("segments", []), segment]
     summary.update(
-        status="completed",
-        resumed_from=config.ckpt_path,
-        steps_per_sec=(trainer.global_step - start_step) / fit_seconds,
+        status=status,
+        **stop,
+        resumed_from=str(plan.checkpoint) if plan.checkpoint is not None else None,
+        history_from=str(plan.history_from) if plan.history_from is not None else None,
+        segments=segments,
+        wall_time_s=sum(s["wall_time_s"] for s in segments),
     )
-    write_summary(run_dir / "summary.json", summary)
-    for logger in loggers[1:]:
-        logger.experiment.summary.update(wandb_summary(summary))
-        logger.experiment.finish()
+    log.info("status %s at step %d", status, step)
     return summary
 
 
 def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """The W&B run summary's headline keys: learning time, phase change, best accuracies, final ICL
-    score, speed."""
+    """The W&B run summary's headline keys: status, learning time, phase change, best
+    accuracies, final ICL score, speed."""
     phase = summary["phase_change"]
     out = {
+        "status": summary["status"],
         "learning_time": summary["learning_time"]["step"],
         "steps_per_sec": summary["steps_per_sec"],
         "phase_change/detected": phase["detected"],
-        **{f"phase_change/{k}": phase[k] for k in ("onset", "steepest", "end")},
+        **{f"phase_change/{k}": phase.get(k) for k in ("onset", "steepest", "end")},
         **{f"best/{k}": v for k, v in summary["best"].items()},
     }
     if "eval/icl_score" in summary["final"]:
@@ -268,45 +449,108 @@ def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hydra_config_files(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra would write to `.hydra/` (config, hydra config, overrides), written by `train`
+    once the run directory is known to be this run's (conf/train.yaml sets output_subdir null)."""
+    if not HydraConfig.initialized():
+        return {"config.yaml": OmegaConf.to_yaml(cfg)}
+    hydra_cfg = HydraConfig.instance().cfg
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
+
+
+def record_config_error(run_dir: Path, cfg: DictConfig, err: ConfigError) -> None:
+    """Leave a `config_error` summary and log line, unless the directory holds a run (or is in
+    use): a bad command must not touch another run's files."""
+    try:
+        with RunLock(run_dir):
+            if contents(run_dir):
+                return
+            for name, text in hydra_config_files(cfg).items():
+                write_text_atomic(run_dir / ".hydra" / name, text)
+            with run_log(run_dir):
+                log.error("config error: %s", err)
+            write_summary(run_dir / "summary.json", {"status": "config_error", "error": str(err)})
+    except RunDirError:
+        return
+
+
+def resume_hint(run_dir: Path, multirun: bool) -> str:
+    """How to continue an interrupted run or study."""
+    if multirun:
+        sweep = run_dir.parent
+        return f"rerun the same command with hydra.sweep.dir={sweep} to resume the study"
+    return f"rerun the same command with hydra.run.dir={run_dir} to resume it"
+
+
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:
-    """Validate, train, and record failures; in a multirun a failure is logged, not raised."""
+    """Validate and train one run, and turn its outcome into the process's: a failure is raised
+    (single run) or logged (multirun); an interruption ends the process as the signal would."""
+    GUARD.install()
     try:
         config = to_train_config(cfg)
     except ConfigError as err:
         log.error("config error: %s", err)
-        write_summary(run_dir / "summary.json", {"status": "config_error", "error": str(err)})
+        record_config_error(run_dir, cfg, err)
         if multirun:
             return None
         raise SystemExit(f"ihlab-train: config error: {err}") from None
     try:
-        return train(config, run_dir, OmegaConf.to_container(cfg, resolve=True))
-    except Exception as err:
-        log.exception("run failed")
-        write_summary(
-            run_dir / "summary.json",
-            {
-                "status": "failed",
-                "error": f"{type(err).__name__}: {err}",
-                "name": config.name,
-                "condition": config.condition,
-                "seed": config.seed,
-                "run_dir": str(run_dir),
-            },
+        summary = train(
+            config, run_dir, OmegaConf.to_container(cfg, resolve=True), hydra_config_files(cfg)
         )
+    except (RunDirError, CheckpointError) as err:
+        if multirun:
+            log.error("%s", err)
+            return None
+        raise SystemExit(f"ihlab-train: {err}") from None
+    except Interrupted as err:
+        log.error(
+            "interrupted by %s at step %s; checkpoint and summary saved in %s; %s.",
+            signal.Signals(err.signum).name,
+            err.step,
+            run_dir,
+            resume_hint(run_dir, multirun),
+        )
+        exit_as_signalled(err.signum)
+    except Exception:
         if multirun:
             return None
         raise
+    if GUARD.received is not None:  # a signal during the run's final bookkeeping
+        exit_as_signalled(GUARD.received)
+    if summary["status"] == "diverged" and not multirun:
+        divergence = summary["divergence"]
+        raise SystemExit(
+            f"ihlab-train: the run diverged at step {divergence['step']} (training loss "
+            f"{divergence['loss']:.6g}); summary.json says status diverged. Lower optim.lr, or "
+            "use warm-up or gradient clipping."
+        )
+    return summary
 
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
+def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     return run_job(
         cfg, Path(hydra_cfg.runtime.output_dir), multirun=hydra_cfg.mode == RunMode.MULTIRUN
     )
+
+
+def main() -> None:
+    """`ihlab-train`: Hydra's app, with signals between runs (e.g. while a parallel multirun's
+    workers train) stopping the workers first and then the process, as killed."""
+    GUARD.install()
+    try:
+        hydra_main()
+    except Interrupted as err:
+        exit_as_signalled(err.signum)
 
 
 if __name__ == "__main__":

@@ -213,12 +213,52 @@ def test_hdf5_errors_name_the_key(tmp_path: Path) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("features", data=np.zeros((20, 3, 4)))
         f.create_dataset("flat", data=np.zeros((20, 4)))
-    cfg = FewShotConfig(features=FeatureSource.hdf5, hdf5_path=str(path))  # 50 + 100 > 20
-    with pytest.raises(ConfigError, match=r"data\.n_train_classes"):
-        FewShotDataModule(cfg, seed=0)
-    for name, key in [("flat", "data.hdf5_dataset"), ("absent", "data.hdf5_dataset")]:
-        with pytest.raises(ConfigError, match=re.escape(key)):
-            FewShotDataModule(replace(cfg, hdf5_dataset=name), seed=0)
+    with pytest.raises(ConfigError, match=r"data\.n_train_classes.*20 classes"):  # 50 + 100 > 20
+        FewShotConfig(features=FeatureSource.hdf5, hdf5_path=str(path))
+    ok = {"n_train_classes": 10, "n_unseen_classes": 5, "features": FeatureSource.hdf5}
+    with pytest.raises(ConfigError, match=r"data\.train_exemplars=4 exceeds the 3 exemplars"):
+        FewShotConfig(**ok, hdf5_path=str(path), train_exemplars=4)
+    for name, message in [("flat", "has shape (20, 4)"), ("absent", "is not in")]:
+        with pytest.raises(ConfigError, match=re.escape(f"data.hdf5_dataset='{name}'")) as info:
+            FewShotConfig(**ok, hdf5_path=str(path), hdf5_dataset=name)
+        assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.full((20, 3, 4), np.nan), "holds 240 NaN or infinite values (first at (0, 0, 0))"),
+        (np.pad(np.full((1, 1, 1), np.inf), ((5, 14), (0, 2), (0, 3))), "first at (5, 0, 0)"),
+        (np.zeros((20, 3, 0)), "has shape (20, 3, 0)"),
+        (np.array([[[b"a"]]] * 20), "is not a numeric dataset"),
+    ],
+)
+def test_hdf5_contents_are_checked_before_any_work(
+    tmp_path: Path, data: np.ndarray, message: str
+) -> None:
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=data)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"data\.hdf5_dataset='features'") as info:
+        FewShotConfig(
+            features=FeatureSource.hdf5, hdf5_path=str(path), n_train_classes=10, n_unseen_classes=5
+        )
+    assert message in str(info.value)
+    assert path.read_bytes() == before  # read, never written
+
+
+@pytest.mark.parametrize("cut", [0, 100, -200])
+def test_truncated_or_corrupt_hdf5_files_fail_naming_the_file(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.ones((20, 3, 4), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:cut] if cut else b"not an hdf5 file")
+    with pytest.raises(ConfigError, match=r"data\.hdf5_path=.*cannot be read as HDF5") as info:
+        FewShotConfig(
+            features=FeatureSource.hdf5, hdf5_path=str(path), n_train_classes=10, n_unseen_classes=5
+        )
+    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize(

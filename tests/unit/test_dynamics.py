@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -64,17 +66,25 @@ def test_too_short_or_rising_curves_say_why() -> None:
     assert not rising.detected and "never decreases" in rising.reason
 
 
-def test_nans_are_dropped_and_a_drop_at_the_end_is_not_invented() -> None:
+def test_a_curve_with_non_finite_values_is_refused_and_a_drop_at_the_end_not_invented() -> None:
     curve = planted(4500, 150, 0.02, 0)
-    curve[::7] = np.nan
     assert detect_phase_change(STEPS, curve).detected
+    for bad in (np.nan, np.inf):
+        broken = curve.copy()
+        broken[[70, 140]] = bad  # steps 3500 and 7000
+        found = detect_phase_change(STEPS, broken)
+        assert not found.detected and found.onset is None
+        assert found.reason == "the curve has non-finite values (steps 3500, 7000)"
     late = planted(HORIZON - 50, 150, 0.0, 0)
     assert not detect_phase_change(STEPS, late).detected
 
 
 def test_learning_time_is_the_first_step_below_threshold() -> None:
     assert learning_time([0, 10, 20], [1.0, 0.2, 0.1], 0.25) == 10
+    assert learning_time([0, 10, 20], [1.0, 0.25, 0.1], 0.25) == 20  # strictly below
     assert learning_time([0, 10], [1.0, 0.9], 0.25) is None
+    assert learning_time([0, 10, 20], [1.0, math.nan, 0.1], 0.25) is None  # broken first
+    assert learning_time([0, 10, 20], [1.0, 0.1, math.inf], 0.25) == 10  # learned, then broke
 
 
 def test_per_token_loss_pca_recovers_a_planar_trajectory() -> None:

@@ -146,6 +146,8 @@ class FewShotConfig:
                 raise ConfigError(message)
 
     def _check_hdf5_file(self) -> None:
+        """The file exists, holds a finite numeric (classes, exemplars, dim) dataset, and has
+        room for the splits: checked here, before any work, not when training starts."""
         holds = (
             f"an HDF5 file with a dataset named data.hdf5_dataset={self.hdf5_dataset!r} shaped "
             "(classes, exemplars, dim)"
@@ -161,6 +163,21 @@ class FewShotConfig:
                 f"data.hdf5_path={self.hdf5_path} does not exist (resolved to {path}); it must be "
                 f"{holds}. Fix: point data.hdf5_path at such a file or use "
                 "data.features=gaussian."
+            )
+        features = read_hdf5_features(path, self.hdf5_dataset)
+        n_classes, n_exemplars, _ = features.shape
+        where = f"{path} holds features shaped {tuple(features.shape)}"
+        if self.n_train_classes + self.n_unseen_classes > n_classes:
+            raise ConfigError(
+                f"data.n_train_classes + data.n_unseen_classes = {self.n_train_classes} + "
+                f"{self.n_unseen_classes} exceeds the {n_classes} classes: {where}. Fix: "
+                "lower data.n_train_classes or data.n_unseen_classes, or use a file with more "
+                "classes."
+            )
+        if self.train_exemplars > n_exemplars:
+            raise ConfigError(
+                f"data.train_exemplars={self.train_exemplars} exceeds the {n_exemplars} exemplars "
+                f"per class: {where}. Fix: lower data.train_exemplars."
             )
 
     def _check_gaussian(self) -> None:
@@ -193,20 +210,42 @@ def gaussian_features(cfg: FewShotConfig, seed: int) -> Tensor:
     return centroids + cfg.epsilon * noise  # (classes, exemplars, dim)
 
 
-def hdf5_features(cfg: FewShotConfig) -> Tensor:
-    """Read the (classes, exemplars, dim) feature dataset as float32."""
-    path = Path(str(cfg.hdf5_path)).expanduser().resolve()
-    with h5py.File(path, "r") as f:
-        if cfg.hdf5_dataset not in f:
-            raise ConfigError(
-                f"data.hdf5_dataset={cfg.hdf5_dataset!r} is not in {path} (it holds "
-                f"{sorted(f.keys())}). Fix: set data.hdf5_dataset to the features dataset."
-            )
-        array = np.asarray(f[cfg.hdf5_dataset], dtype=np.float32)
-    if array.ndim != 3:
+def read_hdf5_features(path: Path, dataset: str) -> Tensor:
+    """The (classes, exemplars, dim) float32 features of an HDF5 file; ConfigError naming the
+    file and the fix if it is unreadable, or the dataset is missing, misshaped, empty, not
+    numeric or not finite."""
+    key = f"data.hdf5_dataset={dataset!r}"
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                raise ConfigError(
+                    f"{key} is not in {path} (it holds {sorted(f.keys())}). Fix: set "
+                    "data.hdf5_dataset to the features dataset."
+                )
+            data = f[dataset]
+            if not isinstance(data, h5py.Dataset) or data.dtype.kind not in "fiu":
+                raise ConfigError(
+                    f"{key} in {path} is not a numeric dataset (dtype "
+                    f"{getattr(data, 'dtype', type(data).__name__)}). Fix: store the features "
+                    "as floats."
+                )
+            array = np.asarray(data, dtype=np.float32)
+    except OSError as err:
         raise ConfigError(
-            f"data.hdf5_dataset={cfg.hdf5_dataset!r} in {path} has shape {array.shape}; it must "
-            "be (classes, exemplars, dim). Fix: reshape the features when writing the file."
+            f"data.hdf5_path={path} cannot be read as HDF5 ({err}). Fix: rewrite the file, or "
+            "point data.hdf5_path at an intact copy."
+        ) from None
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise ConfigError(
+            f"{key} in {path} has shape {array.shape}; it must be (classes, exemplars, dim) with "
+            "every size at least 1. Fix: reshape the features when writing the file."
+        )
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConfigError(
+            f"{key} in {path} holds {int(bad.sum())} NaN or infinite values (first at "
+            f"{first}). Fix: clean the features before training on them."
         )
     return torch.from_numpy(array)  # (classes, exemplars, dim)
 
@@ -232,8 +271,8 @@ class FewShotDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.seed = seed
         if cfg.features == FeatureSource.hdf5:
-            self.features = hdf5_features(cfg)  # (classes, exemplars, dim)
-            self._check_file_shape()
+            path = Path(str(cfg.hdf5_path)).expanduser().resolve()
+            self.features = read_hdf5_features(path, cfg.hdf5_dataset)  # (classes, ex., dim)
         else:
             self.features = gaussian_features(cfg, seed)  # (classes, exemplars, dim)
         self.n_classes, n_exemplars, dim = self.features.shape
@@ -265,24 +304,6 @@ class FewShotDataModule(L.LightningDataModule):
         self.io = ModelIO(
             n_ctx=self.seq_len, d_features=dim, n_labels=cfg.n_labels, d_vocab_out=cfg.n_labels
         )
-
-    def _check_file_shape(self) -> None:
-        """The file's shape is authoritative: check the split sizes against it."""
-        cfg = self.cfg
-        n_classes, n_exemplars, _ = self.features.shape
-        where = f"{cfg.hdf5_path} holds features shaped {tuple(self.features.shape)}"
-        if cfg.n_train_classes + cfg.n_unseen_classes > n_classes:
-            raise ConfigError(
-                f"data.n_train_classes + data.n_unseen_classes = {cfg.n_train_classes} + "
-                f"{cfg.n_unseen_classes} exceeds the {n_classes} classes: {where}. Fix: "
-                "lower data.n_train_classes or data.n_unseen_classes, or use a file with more "
-                "classes."
-            )
-        if cfg.train_exemplars > n_exemplars:
-            raise ConfigError(
-                f"data.train_exemplars={cfg.train_exemplars} exceeds the {n_exemplars} exemplars "
-                f"per class: {where}. Fix: lower data.train_exemplars."
-            )
 
     def sample(self, split: Split, n: int, g: torch.Generator) -> dict[str, Tensor]:
         """n sequences from one split, vectorised over the batch."""

@@ -1,0 +1,132 @@
+"""Checkpoint files: written atomically, read without arbitrary unpickling, found for resume.
+
+Every checkpoint the lab reads goes through `load_checkpoint`, which uses
+`torch.load(weights_only=True)`: tensors, plain containers and numbers only, so a crafted file
+cannot run code. The lab's own checkpoints hold nothing else (the model's shape is stored as plain
+data, `ihlab_model`). A file that needs more is refused with a message saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from ihlab.atomic import open_atomic
+
+log = logging.getLogger("ihlab.checkpoints")
+# Lightning logs "`weights_only` was not set" at every full (optimizer included) save.
+logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(
+    logging.WARNING
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or would need arbitrary code to load."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded on the CPU with weights-only unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line), first[0] if first else "")
+        raise CheckpointError(
+            f"checkpoint {path} holds objects that only arbitrary unpickling could load "
+            f"({detail.strip()}); ihlab never runs code from a file. Fix: use a checkpoint "
+            "written by ihlab-train, or re-save the weights as plain tensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'})."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict.")
+    return state
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a Lightning checkpoint was saved at."""
+    state = load_checkpoint(path)
+    if "global_step" not in state:
+        raise CheckpointError(f"checkpoint {path} has no global_step: not a training checkpoint.")
+    return int(state["global_step"])
+
+
+def latest_checkpoint(folder: Path, below: int | None = None) -> tuple[Path, int] | None:
+    """The readable `*.ckpt` in `folder` with the most optimizer steps (optionally fewer than
+    `below`), with its step; unreadable files are skipped with a warning. None if there is none."""
+    best: tuple[Path, int] | None = None
+    for path in sorted(folder.glob("*.ckpt")):
+        try:
+            step = checkpoint_step(path)
+        except CheckpointError as err:
+            log.warning("skipping %s", err)
+            continue
+        if (below is None or step < below) and (best is None or step > best[1]):
+            best = (path, step)
+    return best
+
+
+def evaluates_after(trainer: L.Trainer, eval_every: int) -> bool:
+    """Whether an evaluation follows the step just taken (Lightning's val_check_interval)."""
+    return trainer.global_step % eval_every == 0
+
+
+class PeriodicCheckpoint(L.Callback):
+    """`step_XXXXXX.ckpt` every `every` steps and `last.ckpt` (the latest of them, and the final
+    state), each saved at a step boundary: after the step's evaluation on evaluation steps, with
+    metrics.csv flushed first. A run killed at any moment (even SIGKILL) thus has on disk a
+    checkpoint and every metric logged up to its step, so a resume reproduces the uninterrupted
+    run exactly.
+    """
+
+    def __init__(self, folder: Path, every: int, eval_every: int) -> None:
+        self.folder, self.every, self.eval_every = Path(folder), every, eval_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not evaluates_after(trainer, self.eval_every):
+            self.periodic(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.periodic(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer, "last.ckpt")
+
+    def periodic(self, trainer: L.Trainer) -> None:
+        if trainer.global_step % self.every == 0:
+            self.save(trainer, f"step_{trainer.global_step:06d}.ckpt")
+            self.save(trainer, "last.ckpt")
+
+    def save(self, trainer: L.Trainer, name: str) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        trainer.save_checkpoint(self.folder / name)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic writes (a kill or a full disk never leaves a
+    truncated checkpoint) and weights-only loading."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        with open_atomic(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint(path)
