@@ -39,21 +39,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line), first[0] if first else "")
+        lines = [line.strip() for line in str(err).splitlines()]
+        unsafe = next((line for line in lines if line.startswith("Unsupported global")), None)
+        if unsafe is None:  # not a pickle torch understands at all
+            message = f"checkpoint {path} is corrupt or truncated (not a torch checkpoint)."
+            raise CheckpointError(message) from None
         raise CheckpointError(
             f"checkpoint {path} holds objects that only arbitrary unpickling could load "
-            f"({detail.strip()}); ihlab never runs code from a file. Fix: use a checkpoint "
-            "written by ihlab-train, or re-save the weights as plain tensors."
+            f"({unsafe}); ihlab never runs code from a file. Fix: use a checkpoint written by "
+            "ihlab-train, or re-save the weights as plain tensors."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'})."
+            f"checkpoint {path} is corrupt or truncated ({err_line(err)})."
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict.")
     return state
+
+
+def err_line(err: BaseException) -> str:
+    """An exception's type and the first line of its message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def checkpoint_step(path: str | Path) -> int:

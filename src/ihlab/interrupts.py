@@ -67,7 +67,7 @@ class SignalGuard:
         changed = False
         for signum in self.signals():
             current = signal.getsignal(signum)
-            if current is not self.handle:
+            if current != self.handle:  # bound methods are equal, not identical
                 self.previous.setdefault(signum, current)
                 signal.signal(signum, self.handle)
                 changed = True

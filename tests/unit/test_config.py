@@ -81,6 +81,61 @@ def test_bad_trainer_value_names_the_key(make_config) -> None:
         make_config("trainer.eval_every=0")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=nan"], "optim.lr=nan must be a finite number > 0"),
+        (["optim.lr=inf"], "optim.lr=inf must be a finite number > 0"),
+        (["optim.lr=0"], "optim.lr=0.0 must be a finite number > 0"),
+        (["optim.eps=0"], "optim.eps=0.0 must be a finite number > 0"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1 must be a finite number >= 0"),
+        (["optim.beta1=1.0"], "optim.beta1=1.0 must be in [0, 1)"),
+        (["optim.beta2=-0.5"], "optim.beta2=-0.5 must be in [0, 1)"),
+        (["optim.beta2=nan"], "optim.beta2=nan must be in [0, 1)"),
+        (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2.0 must be in [0, 1]"),
+        (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 must be >= 0"),
+        (["seed=-1"], "seed=-1 must be between 0 and 4294967295"),
+        (["seed=4294967296"], "seed=4294967296 must be between 0 and 4294967295"),
+        (["model.init_std=-1"], "model.init_std=-1.0 must be a finite number > 0"),
+        (["model.init_std=nan"], "model.init_std=nan must be a finite number > 0"),
+        (["model.rope_base=0"], "model.rope_base=0.0 must be a finite number > 0"),
+        (["model.d_mlp=0"], "model.d_mlp=0 must be >= 1"),
+        (["model.n_layers=0"], "model.n_layers=0 must be >= 1"),
+        (["trainer.icl_late=500"], "set both target positions of the ICL score, or neither"),
+        (["trainer.icl_early=5", "trainer.icl_late=500"], "trainer.icl_late=500 is beyond the 63"),
+        (["trainer.icl_early=40", "trainer.icl_late=10"], "trainer.icl_early=40 must be >= 0 and"),
+        (
+            ["experiment=fewshot_fast", "trainer.icl_early=1", "trainer.icl_late=3"],
+            "which only token data has",
+        ),
+        (["trainer.divergence_factor=-1"], "trainer.divergence_factor=-1.0 must be a finite"),
+        (["trainer.gradient_clip_val=0"], "trainer.gradient_clip_val=0.0 must be a finite number"),
+        (["trainer.devices=0"], "trainer.devices=0 must be >= 1"),
+        (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0 must be >= 1"),
+        (["data.batch_size=0"], "data.batch_size=0 must be positive"),
+        (["experiment=fewshot_fast", "data.epsilon=-1"], "data.epsilon=-1.0 must be >= 0"),
+        (
+            ["clamp=prev_token", "experiment=fewshot_fast", "clamps.prev_token.heads=[9]"],
+            "clamps.prev_token: head 9 does not exist",
+        ),
+    ],
+)
+def test_every_bad_value_fails_before_any_work_naming_key_and_fix(
+    make_config, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("resume=sometimes", "resume"), ("replace=maybe", "replace")]
+)
+def test_bad_run_directory_options_name_the_key(make_config, override: str, key: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=key):
+        make_config(override)
+
+
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule=Schedule.cosine, min_lr_ratio=0.1)
     assert lr_factor(0, cfg, 110) == pytest.approx(0.1)

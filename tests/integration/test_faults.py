@@ -1,0 +1,545 @@
+"""Fault injection: kills, signals, retries, reruns, concurrent runs, divergence, hostile and broken
+files. Each case checks the status, the message, and that nothing already written was lost.
+
+Exactness of resume is checked against an uninterrupted run with the same config: the resumed
+run's metrics.csv and per-example loss table must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config, quiet
+from ihlab.checkpoints import CheckpointError, PeriodicCheckpoint, load_checkpoint
+from ihlab.config import to_train_config
+from ihlab.errors import ConfigError
+from ihlab.interrupts import Interrupted
+from ihlab.model import load_lab_model
+from ihlab.module import LabModule
+from ihlab.outputs import read_metrics, write_summary
+from ihlab.rundir import RunDirError
+from ihlab.train import train
+
+IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
+# Short runs with evaluation every 20 steps and checkpoints every 50, so that interruptions land
+# on evaluation steps, checkpoint steps and neither.
+RUN = (
+    "trainer.max_steps=120",
+    "trainer.eval_every=20",
+    "trainer.score_every=40",
+    "trainer.checkpoint_every=50",
+    "trainer.threads=1",
+    "data.eval_size=128",
+    "data.eval_batch_size=64",
+)
+CLI = ["logger=csv", "trainer.progress_bar=false", *RUN]
+EXACT = ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv", "loss_pca.csv")
+
+
+def run_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    cfg = compose_config(quiet([*RUN, *overrides]))
+    return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory (its lock left out), path -> bytes."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in EXACT:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "IHLAB_OUTPUTS"}
+    return subprocess.Popen(
+        [IHLAB_TRAIN, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def ihlab_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "IHLAB_OUTPUTS"}
+    return subprocess.run(
+        [IHLAB_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 300):
+    """Poll until `condition()` holds; fail if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) too early:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def logged_step(run_dir: Path, step: int) -> Callable[[], bool]:
+    """Whether metrics.csv on disk has reached `step`."""
+
+    def reached() -> bool:
+        try:
+            return any(r["step"] >= step for r in read_metrics(run_dir / "metrics.csv"))
+        except (OSError, ValueError):
+            return False
+
+    return reached
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run through the CLI: what every resumed run must reproduce."""
+    root = tmp_path_factory.mktemp("reference")
+    result = ihlab_train([*CLI, "hydra.run.dir=ref"], cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "ref"
+
+
+# Signals and kills
+
+
+@pytest.mark.parametrize(("sig", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
+def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
+    tmp_path: Path, reference: Path, sig: int, name: str
+) -> None:
+    proc = start([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    run = tmp_path / "run"
+    wait_for(logged_step(run, 40), proc)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -sig, output  # died by the signal: a scheduler sees it killed
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["interruption"]["signal"] == name
+    stopped = summary["interruption"]["step"]
+    assert 40 <= stopped < 120 and summary["steps"] == stopped
+    assert load_checkpoint(run / "checkpoints" / "interrupted.ckpt")["global_step"] == stopped
+    rows = read_metrics(run / "metrics.csv")
+    assert max(r["step"] for r in rows) >= 40
+    assert f"hydra.run.dir={run}" in output  # how to resume
+    kept = snapshot(run)
+    result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)  # the retry resumes
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 120
+    assert [s["status"] for s in summary["segments"]] == ["interrupted", "completed"]
+    assert summary["resumed_from"] == str(run / "checkpoints" / "interrupted.ckpt")
+    assert_same_run(run, reference)
+    assert (run / "train.log").read_text().count("starting induction_2l-baseline-s0") == 1
+    assert kept["checkpoints/interrupted.ckpt"] == snapshot(run)["checkpoints/interrupted.ckpt"]
+
+
+def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
+    tmp_path: Path, reference: Path
+) -> None:
+    proc = start([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    run = tmp_path / "run"
+    wait_for(lambda: (run / "checkpoints" / "step_000050.ckpt").exists(), proc)
+    wait_for(logged_step(run, 70), proc)
+    proc.kill()
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    assert not list(run.rglob(".*.tmp"))  # no half-written file with a real name
+    result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"].endswith(".ckpt")
+    assert_same_run(run, reference)
+
+
+def test_kill_right_after_any_checkpoint_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
+    """What a SIGKILL right after a checkpoint write leaves on disk, for every checkpoint."""
+    full = run_in_process(tmp_path / "full")
+    save = PeriodicCheckpoint.save
+
+    def save_and_copy(self, trainer, name) -> None:
+        save(self, trainer, name)
+        if name != "last.ckpt":
+            copy = tmp_path / f"killed_at_{trainer.global_step}"
+            shutil.copytree(self.folder.parent, copy, ignore=shutil.ignore_patterns(".lock"))
+
+    monkeypatch.setattr(PeriodicCheckpoint, "save", save_and_copy)
+    run_in_process(tmp_path / "copied")
+    monkeypatch.undo()
+    killed = sorted(tmp_path.glob("killed_at_*"))
+    assert [p.name for p in killed] == ["killed_at_100", "killed_at_50"]  # 100: evaluation step
+    for run in killed:
+        summary = run_in_process(run)
+        assert summary["learning_time"] == full["learning_time"]
+        assert_same_run(run, tmp_path / "full")
+
+
+@pytest.mark.parametrize("step", [19, 20, 49, 99, 119])
+def test_a_signal_at_any_kind_of_step_resumes_exactly(
+    tmp_path: Path, monkeypatch, step: int
+) -> None:
+    """Steps before an evaluation, after one, before a checkpoint, and the last step."""
+    run_in_process(tmp_path / "full")
+    training_step = LabModule.training_step
+
+    def signal_at(self, batch, batch_idx):
+        if self.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LabModule, "training_step", signal_at)
+    with pytest.raises(Interrupted) as info:
+        run_in_process(tmp_path / "run")
+    assert info.value.step == step + 1  # stops after the step it was in
+    monkeypatch.undo()
+    interrupted = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["steps"] == step + 1
+    assert run_in_process(tmp_path / "run")["status"] == "completed"
+    assert_same_run(tmp_path / "run", tmp_path / "full")
+
+
+def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
+    tmp_path: Path,
+) -> None:
+    args = ["-m", "seed=0,1,2", *CLI, "hydra.sweep.dir=sweep"]
+    proc = start(args, cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    wait_for(logged_step(sweep / "1_baseline_s1", 40), proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, output
+    assert f"hydra.sweep.dir={sweep}" in output
+    status = {
+        p.name: json.loads((p / "summary.json").read_text())["status"]
+        for p in sorted(sweep.glob("*_s*"))
+        if (p / "summary.json").exists()
+    }
+    assert status == {"0_baseline_s0": "completed", "1_baseline_s1": "interrupted"}
+    assert not (sweep / "2_baseline_s2").exists()
+    finished = snapshot(sweep / "0_baseline_s0")
+    result = ihlab_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("0_baseline_s0", "1_baseline_s1", "2_baseline_s2"):
+        assert json.loads((sweep / name / "summary.json").read_text())["status"] == "completed"
+    assert snapshot(sweep / "0_baseline_s0") == finished  # skipped, untouched
+    segments = json.loads((sweep / "1_baseline_s1" / "summary.json").read_text())["segments"]
+    assert [s["status"] for s in segments] == ["interrupted", "completed"]
+
+
+def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path) -> None:
+    args = ["-m", "launcher=parallel", "seed=0,1", *CLI, "hydra.sweep.dir=sweep"]
+    proc = start(args, cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    wait_for(lambda: all(logged_step(sweep / f"{i}_baseline_s{i}", 20)() for i in (0, 1)), proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, output
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive  # no worker keeps training
+    for i in (0, 1):
+        summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+    result = ihlab_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for i in (0, 1):
+        summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
+        assert summary["status"] == "completed" and len(summary["segments"]) == 2
+
+
+def test_slurm_preemption_requeues_through_submitit_and_resumes(
+    tmp_path: Path, reference: Path
+) -> None:
+    """submitit's preemption signal (USR2) on a job of launcher=submitit_local (the SLURM route
+    on this machine): checkpoint, summary, submitit requeues the job, which resumes."""
+    args = ["-m", "launcher=submitit_local", "seed=0", *CLI, "hydra.sweep.dir=sweep"]
+    proc = start(args, cwd=tmp_path)
+    run = tmp_path / "sweep" / "0_baseline_s0"
+    wait_for(logged_step(run, 40), proc)
+    (job,) = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if any("_submit" in part for part in p.cmdline())
+    ]
+    job.send_signal(signal.SIGUSR2)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [s["status"] for s in summary["segments"]] == ["interrupted", "completed"]
+    assert_same_run(run, reference)
+    log = (run / "train.log").read_text()
+    assert "received SIGUSR2" in log and "resuming induction_2l" in log
+
+
+# One run per directory
+
+
+def test_a_rerun_with_another_config_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    first = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=40"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(tmp_path / "run")
+    second = ihlab_train([*CLI, "hydra.run.dir=run", "seed=5", "trainer.max_steps=20"], tmp_path)
+    assert second.returncode == 1
+    assert "holds another run: its config differs (seed: 0 -> 5)" in second.stderr
+    assert "replace=true" in second.stderr
+    assert snapshot(tmp_path / "run") == before
+    again = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=40"], cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_replace_moves_the_old_run_aside_intact(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_in_process(run, "trainer.max_steps=40")
+    before = snapshot(run)
+    summary = run_in_process(run, "trainer.max_steps=20", "seed=5", "replace=true")
+    assert summary["status"] == "completed" and summary["seed"] == 5
+    (aside,) = (run / ".replaced").iterdir()
+    assert snapshot(aside) == before
+    rows = read_metrics(run / "metrics.csv")
+    assert max(r["step"] for r in rows) == 20  # nothing of the old run mixed in
+
+
+def test_resume_never_refuses_a_used_directory(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_in_process(run, "trainer.max_steps=20")
+    with pytest.raises(RunDirError, match="already holds a run and resume=never"):
+        run_in_process(run, "trainer.max_steps=20", "resume=never")
+
+
+def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path: Path) -> None:
+    proc = start([*CLI, "hydra.run.dir=run", "trainer.max_steps=400"], cwd=tmp_path)
+    wait_for(logged_step(tmp_path / "run", 20), proc)
+    second = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=400"], cwd=tmp_path)
+    assert second.returncode == 1
+    assert "is in use by a live run (pid" in second.stderr
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["segments"]) == 1
+
+
+def test_a_completed_run_can_be_extended_unless_its_schedule_depends_on_length(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    run_in_process(run, "trainer.max_steps=60")
+    run_in_process(tmp_path / "full", "trainer.max_steps=100")
+    extended = run_in_process(run, "trainer.max_steps=100")
+    assert extended["steps"] == 100 and extended["resumed_from"].endswith("last.ckpt")
+    assert_same_run(run, tmp_path / "full")
+    cosine = tmp_path / "cosine"
+    run_in_process(cosine, "trainer.max_steps=60", "optim.schedule=cosine")
+    with pytest.raises(RunDirError, match=r"trainer\.max_steps: 60 -> 100"):
+        run_in_process(cosine, "trainer.max_steps=100", "optim.schedule=cosine")
+
+
+def test_resume_from_a_checkpoint_outside_a_run_or_into_a_used_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    run_in_process(tmp_path / "a")
+    loose = tmp_path / "loose.ckpt"
+    shutil.copy(tmp_path / "a" / "checkpoints" / "step_000050.ckpt", loose)
+    with pytest.raises(RunDirError, match="not inside a run directory"):
+        run_in_process(tmp_path / "b", f"ckpt_path={loose}")
+    run_in_process(tmp_path / "c", "seed=3")
+    ckpt = tmp_path / "a" / "checkpoints" / "step_000050.ckpt"
+    with pytest.raises(RunDirError, match="holds another run"):  # c's own config is seed 3
+        run_in_process(tmp_path / "c", f"ckpt_path={ckpt}", "seed=3")
+    with pytest.raises(RunDirError, match="is not empty"):
+        run_in_process(tmp_path / "c", f"ckpt_path={ckpt}")
+
+
+# Divergence
+
+
+def test_a_diverging_run_stops_with_status_diverged_and_reports_no_phase_change(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    run_in_process(run, "optim.lr=10", "trainer.checkpoint_every=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    divergence = summary["divergence"]
+    step = divergence["step"]
+    assert divergence["loss"] > divergence["limit"] == pytest.approx(10 * math.log(64))
+    assert summary["steps"] == step
+    assert summary["learning_time"]["step"] is None
+    assert summary["phase_change"]["detected"] is False
+    assert summary["phase_change"]["reason"] == "the run diverged"
+    kept = {load_checkpoint(p)["global_step"]: p for p in (run / "checkpoints").glob("*.ckpt")}
+    assert set(kept) == set(range(1, step))  # every checkpoint before the divergence stays
+    assert divergence["last_good_checkpoint"] == (str(kept[step - 1]) if step > 1 else None)
+    quarantined = [load_checkpoint(p)["global_step"] for p in divergence["quarantined"]]
+    assert quarantined and min(quarantined) >= step  # broken weights, out of resume's reach
+    again = run_in_process(run, "optim.lr=10", "trainer.checkpoint_every=1")
+    assert again == summary  # a finished (diverged) run is not redone
+
+
+def test_a_nan_loss_stops_the_run_at_that_step(tmp_path: Path, monkeypatch) -> None:
+    training_step = LabModule.training_step
+
+    def poison_at_33(self, batch, batch_idx):
+        if self.global_step == 33:
+            with torch.no_grad():
+                self.model.unembed.weight[0, 0] = float("nan")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LabModule, "training_step", poison_at_33)
+    run_in_process(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] == 33
+    assert summary["divergence"]["step"] == 33 and summary["divergence"]["loss"] is None  # NaN
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert max(r["step"] for r in rows) == 30
+    assert all(math.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+
+
+def test_diverged_cli_run_exits_non_zero_naming_the_step(tmp_path: Path) -> None:
+    result = ihlab_train([*CLI, "hydra.run.dir=run", "optim.lr=10"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "the run diverged at step" in result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+# Hostile and broken files
+
+
+class Payload:
+    """Unpickling this runs `touch <path>`: what a crafted checkpoint could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A run directory whose last.ckpt carries a payload, and the file the payload would make."""
+    run_in_process(tmp_path / "victim")
+    ckpt = tmp_path / "victim" / "checkpoints" / "step_000050.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    marker = tmp_path / "pwned"
+    state["hyper_parameters"] = Payload(marker)
+    torch.save(state, ckpt)
+    return ckpt, marker
+
+
+def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path: Path) -> None:
+    ckpt, marker = crafted_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"arbitrary unpickling.*never runs code"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="arbitrary unpickling"):
+        load_lab_model(str(ckpt))
+    with pytest.raises(CheckpointError, match="arbitrary unpickling"):
+        run_in_process(tmp_path / "resumed", f"ckpt_path={ckpt}")
+    with pytest.raises(ConfigError, match="arbitrary unpickling"):
+        run_in_process(tmp_path / "grafted", "clamp=graft", f"clamps.graft.checkpoint={ckpt}")
+    grafted = json.loads((tmp_path / "grafted" / "summary.json").read_text())
+    assert grafted["status"] == "failed" and "arbitrary unpickling" in grafted["error"]
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):  # the file does carry the payload
+        torch.load(ckpt, weights_only=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_broken_explicit_checkpoint_fails_clearly_and_writes_nothing(
+    tmp_path: Path, damage: str
+) -> None:
+    run_in_process(tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000050.ckpt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(
+        {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"x" * 99}[damage]
+    )
+    before = snapshot(tmp_path / "run")
+    result = ihlab_train([*CLI, f"ckpt_path={ckpt}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"checkpoint {ckpt} is corrupt or truncated" in result.stderr
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path, reference: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        interrupt_at(run, 110)
+    newest = run / "checkpoints" / "interrupted.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    summary = run_in_process(run)
+    assert summary["status"] == "completed"
+    assert summary["segments"][-1]["from_step"] == 100  # the newest readable checkpoint
+    full = tmp_path / "full"
+    run_in_process(full)
+    assert_same_run(run, full)
+
+
+def interrupt_at(run_dir: Path, step: int) -> None:
+    training_step = LabModule.training_step
+
+    def signal_at(self, batch, batch_idx):
+        if self.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_idx)
+
+    LabModule.training_step = signal_at
+    try:
+        run_in_process(run_dir)
+    finally:
+        LabModule.training_step = training_step
+
+
+# Atomic writes
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "summary.json"
+    write_summary(path, {"status": "completed", "steps": 10})
+    before = path.read_bytes()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", lambda fd: full_disk(None))
+    with pytest.raises(OSError, match="No space left"):
+        write_summary(path, {"status": "interrupted", "steps": 20})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_an_in_place_resume_keeps_integer_steps_and_one_log(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        interrupt_at(run, 30)
+    run_in_process(run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    steps = [line.split(",")[0] for line in lines[1:]]
+    assert all(s.isdigit() for s in steps) and steps == sorted(steps, key=int)
+    log = (run / "train.log").read_text()
+    assert "starting induction_2l-baseline-s0" in log and "resuming induction_2l" in log
+    assert "step 120: eval/loss" in log and log.rstrip().endswith("status completed at step 120")
