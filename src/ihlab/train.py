@@ -59,6 +59,7 @@ from ihlab.module import Diverged, LabModule
 from ihlab.outputs import MetricsCSV, StepTable, read_metrics, read_step_table, write_summary
 from ihlab.rundir import RunDirError, RunLock, RunPlan, contents, plan_run
 from ihlab.seeding import derive_seed
+from ihlab.wandb_logging import make_wandb_logger, wandb_summary
 
 log = logging.getLogger("ihlab.train")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -120,30 +121,6 @@ def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.T
         logger=loggers,
         default_root_dir=run_dir,
     )
-
-
-def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> Any:
-    from lightning.pytorch.loggers import WandbLogger
-
-    w = config.wandb
-    logger = WandbLogger(
-        name=config.run_name,
-        group=config.group,
-        job_type=w.job_type,
-        project=w.project,
-        entity=w.entity,
-        tags=list(w.tags),
-        save_dir=str(run_dir),
-        mode=w.mode.value,
-        config=resolved,
-    )
-    run = logger.experiment
-    run.define_metric("trainer/global_step")
-    run.define_metric("*", step_metric="trainer/global_step")  # every panel's x-axis: steps
-    resolved_yaml = run_dir / ".hydra" / "resolved.yaml"
-    if resolved_yaml.exists():
-        run.save(str(resolved_yaml), base_path=str(resolved_yaml.parent), policy="now")
-    return logger
 
 
 PCA_EXAMPLES = 256
@@ -430,23 +407,6 @@ def finish(
     )
     log.info("status %s at step %d", status, step)
     return summary
-
-
-def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """The W&B run summary's headline keys: status, learning time, phase change, best
-    accuracies, final ICL score, speed."""
-    phase = summary["phase_change"]
-    out = {
-        "status": summary["status"],
-        "learning_time": summary["learning_time"]["step"],
-        "steps_per_sec": summary["steps_per_sec"],
-        "phase_change/detected": phase["detected"],
-        **{f"phase_change/{k}": phase.get(k) for k in ("onset", "steepest", "end")},
-        **{f"best/{k}": v for k, v in summary["best"].items()},
-    }
-    if "eval/icl_score" in summary["final"]:
-        out["final/icl_score"] = summary["final"]["eval/icl_score"]
-    return out
 
 
 def hydra_config_files(cfg: DictConfig) -> dict[str, str]:

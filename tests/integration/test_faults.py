@@ -146,7 +146,13 @@ def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
     assert max(r["step"] for r in rows) >= 40
     assert f"hydra.run.dir={run}" in output  # how to resume
     kept = snapshot(run)
-    result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)  # the retry resumes
+    # The retry resumes: the same command and directory, or ckpt_path alone (its run's directory).
+    retry = (
+        "hydra.run.dir=run"
+        if sig == signal.SIGTERM
+        else f"ckpt_path={run}/checkpoints/interrupted.ckpt"
+    )
+    result = ihlab_train([*CLI, retry], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 120
