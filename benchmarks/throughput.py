@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ihlab.config import register_configs, to_train_config
 from ihlab.data import make_datamodule
-from ihlab.module import LabModule
+from ihlab.model import Transformer
 from ihlab.train import config_dir
 
 
@@ -64,9 +64,7 @@ class BareModel(nn.Module):
 
 def bare_steps_per_sec(config, steps: int) -> float:
     datamodule = make_datamodule(config.data, config.seed)
-    lab = LabModule(
-        config.model, config.optim, datamodule.io, ("eval",), steps, config.data.batch_size, 0
-    ).model
+    lab = Transformer(config.model, datamodule.io)
     m = config.model
     model = BareModel(datamodule.io.d_vocab, datamodule.io.n_ctx, m.d_model, m.n_heads, m.n_layers)
     model.load_state_dict(lab.state_dict())

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import lightning as L
 
-from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig
 from ihlab.data import make_datamodule
-from ihlab.module import LabModule
 from ihlab.outputs import MetricsCSV
-from ihlab.train import build_trainer
+from ihlab.train import build_run, build_trainer
 
 WARMUP = 20
 
@@ -34,22 +32,13 @@ def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
     """Training steps per second after WARMUP steps, with the config's clamps, no evaluation."""
     config.trainer.max_steps = steps
     config.trainer.eval_every = steps + 1  # training steps only
-    datamodule = make_datamodule(config.data, config.seed)
-    module = LabModule(
-        config.model,
-        config.optim,
-        datamodule.io,
-        eval_splits=datamodule.eval_splits,
-        max_steps=steps,
-        batch_size=config.data.batch_size,
-        score_every=0,
-        log_every=config.trainer.log_every,
-        clamps=build_clamp_set(config.clamps, config.model, datamodule.io),
-    )
+    config.trainer.score_every = 0
+    task = make_datamodule(config.data, config.seed)
+    module, _ = build_run(config, task, out)
     trainer = build_trainer(config, out, [MetricsCSV(out / "metrics.csv", config.data.batch_size)])
     timer = StepTimer()
     trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=task)
     return timer.steps_per_sec
 
 

@@ -115,20 +115,11 @@ def _position_axis(kind: str) -> int:
     return 2 if kind in ("attn.scores", "attn.pattern") else 1
 
 
-def input_length(data: Any) -> int:
-    """Positions the model reads: tokens but the last (token data), or the whole sequence."""
-    from ihlab.data import FewShotConfig
-
-    return 2 * data.context_pairs + 1 if isinstance(data, FewShotConfig) else data.seq_len - 1
-
-
 def check_clamps(clamps: dict[str, ClampConfig], model: Any, data: Any) -> None:
-    """Reject, before any work, a clamp the model or data cannot honour; names key and fix."""
-    from ihlab.data import FewShotConfig
-
-    fewshot = isinstance(data, FewShotConfig)
+    """Reject, before any work, a clamp the model or data cannot honour; names key and fix.
+    `data` is a DataConfig: the positions the model reads and what its batches offer values."""
     sites = site_names(model.n_layers, model.attn_only, model.positional.value == "learned")
-    n_pos = input_length(data)
+    n_pos = data.model_positions
     for name, c in clamps.items():
         key = f"clamps.{name}"
 
@@ -140,7 +131,7 @@ def check_clamps(clamps: dict[str, ClampConfig], model: Any, data: Any) -> None:
         if c.site not in sites:
             raise fail(f"site {c.site!r} does not exist in this model. Fix: use one of {sites}.")
         layer, kind = parse_site(c.site)
-        _check_value(c, fail, layer, kind, fewshot, sites, model.n_layers)
+        _check_value(c, fail, layer, kind, data.clamp_inputs, sites, model.n_layers)
         head_site = c.source if ValueKind(c.value) == ValueKind.copy else c.site
         if c.heads is not None or c.select is not None:
             if c.heads is not None and c.select is not None:
@@ -178,7 +169,7 @@ def _check_value(
     fail: Callable[[str], ConfigError],
     layer: int | None,
     kind: str,
-    fewshot: bool,
+    inputs: frozenset[str],
     sites: list[str],
     n_layers: int,
 ) -> None:
@@ -193,15 +184,16 @@ def _check_value(
         raise fail(f"value {v.value} needs {need}, got {c.site!r}.")
     if v == ValueKind.constant and not math.isfinite(c.constant):
         raise fail("constant must be finite.")
+    labelled = {"labels", "target"} <= inputs
     if v == ValueKind.match:
-        if not fewshot:
+        if not labelled:
             raise fail("value match needs few-shot data (it attends to the correct label).")
         if not 0.0 <= c.strength <= 1.0:
             raise fail(f"strength={c.strength} must be in [0, 1].")
-    if v == ValueKind.induction and fewshot:
+    if v == ValueKind.induction and "tokens" not in inputs:
         raise fail("value induction needs token data (data=repeated_tokens).")
     if v == ValueKind.copy:
-        if c.site != "logits" or not fewshot:
+        if c.site != "logits" or not labelled:
             raise fail("value copy clamps site 'logits' on few-shot data.")
         if c.source not in sites or _site_kind(c.source) != "attn.scores":
             raise fail(

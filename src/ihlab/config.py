@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
 from ihlab.clamps import ClampConfig, check_clamps
-from ihlab.data import FewShotConfig, RepeatedTokensConfig
+from ihlab.data import FAMILY_NAMES, DataConfig
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig
 from ihlab.optim import OptimConfig
@@ -37,8 +37,6 @@ class TrainerConfig:
     score_every: int = 100  # steps between per-head scores on the probe batch (0: never)
     log_every: int = 10  # steps between logged training scalars
     checkpoint_every: int = 500  # steps between periodic checkpoints (last.ckpt is always kept)
-    icl_early: int | None = None  # target positions of the ICL score; None: the data's default
-    icl_late: int | None = None
     # CPU threads for torch (0: torch's default, one per core). Jobs that share cores, such as a
     # parallel multirun, must split them: two 2-thread jobs on 2 cores run ~10x slower than 1+1.
     threads: int = 0
@@ -78,16 +76,6 @@ class TrainerConfig:
                 f"trainer.divergence_factor={self.divergence_factor} must be a finite number "
                 ">= 0 (0: stop only on non-finite losses)."
             )
-        if (self.icl_early is None) != (self.icl_late is None):
-            raise ConfigError(
-                f"trainer.icl_early={self.icl_early} and trainer.icl_late={self.icl_late}: set "
-                "both target positions of the ICL score, or neither (the data's default)."
-            )
-        if self.icl_early is not None and not 0 <= self.icl_early < self.icl_late:
-            raise ConfigError(
-                f"trainer.icl_early={self.icl_early} must be >= 0 and below "
-                f"trainer.icl_late={self.icl_late} (the score is loss late minus loss early)."
-            )
 
 
 class ResumeMode(str, Enum):
@@ -120,16 +108,16 @@ class TrainConfig:
     resume: ResumeMode = ResumeMode.auto  # what a start in a directory holding this run does
     replace: bool = False  # move whatever the run directory holds aside, then start fresh
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: Any = MISSING  # RepeatedTokensConfig | FewShotConfig, typed by the data group's schema
+    data: Any = MISSING  # a family's DataConfig, typed by the data group's schema (data/*.py)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     clamps: dict[str, ClampConfig] = field(default_factory=dict)  # name -> clamp (clamps.py)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data, RepeatedTokensConfig | FewShotConfig):
+        if not isinstance(self.data, DataConfig):
             raise ConfigError(
-                f"data must come from a data config (data=repeated_tokens or data=fewshot), "
+                f"data must come from a data config (data={'|'.join(sorted(FAMILY_NAMES))}), "
                 f"got {type(self.data).__name__}."
             )
         if not 0 <= self.seed <= MAX_SEED:
@@ -137,18 +125,6 @@ class TrainConfig:
                 f"seed={self.seed} must be between 0 and {MAX_SEED} (numpy's seed range; "
                 "Lightning would silently replace anything else by 0)."
             )
-        if self.trainer.icl_early is not None:
-            if not isinstance(self.data, RepeatedTokensConfig):
-                raise ConfigError(
-                    "trainer.icl_early / trainer.icl_late are target positions of the ICL score, "
-                    "which only token data has. Fix: remove them."
-                )
-            n_targets = self.data.seq_len - 1
-            if self.trainer.icl_late >= n_targets:
-                raise ConfigError(
-                    f"trainer.icl_late={self.trainer.icl_late} is beyond the {n_targets} target "
-                    f"positions (0-{n_targets - 1}). Fix: choose a position below {n_targets}."
-                )
         check_clamps(self.clamps, self.model, self.data)
 
     @property
@@ -181,8 +157,8 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("ihlab_run_dir", run_dir_of, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="schema/data", name="repeated_tokens", node=RepeatedTokensConfig)
-    cs.store(group="schema/data", name="fewshot", node=FewShotConfig)
+    for name, schema in FAMILY_NAMES.items():
+        cs.store(group="schema/data", name=name, node=schema)
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

@@ -51,7 +51,7 @@ from ihlab.checkpoints import (
 )
 from ihlab.clamps import build_clamp_set
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
-from ihlab.data import FewShotConfig, make_datamodule
+from ihlab.data import LearningTime, Task, make_datamodule
 from ihlab.dynamics import detect_phase_change, learning_time, per_token_loss_pca
 from ihlab.errors import ConfigError
 from ihlab.interrupts import GUARD, Interrupted, StopOnSignal, exit_as_signalled
@@ -123,22 +123,13 @@ def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.T
     )
 
 
-PCA_EXAMPLES = 256
-
-
-def run_tables(config: TrainConfig, run_dir: Path, n_ctx: int) -> dict[str, StepTable]:
-    """The per-evaluation vector tables of a run: per-example losses (for the loss PCA) and, for
-    token data, loss by context position."""
-    n_examples = min(PCA_EXAMPLES, config.data.eval_size)
-    tables = {
-        "per_token_loss": StepTable(
-            run_dir / "per_token_loss.csv", [f"ex{i}" for i in range(n_examples)]
-        )
+def run_tables(task: Task, run_dir: Path) -> dict[str, StepTable]:
+    """The run's per-evaluation vector tables (the task says which: per-example losses for the
+    loss PCA, loss by context position for token data, ...)."""
+    return {
+        name: StepTable(run_dir / f"{name}.csv", cols)
+        for name, cols in task.table_columns().items()
     }
-    if not isinstance(config.data, FewShotConfig):
-        names = [f"pos{i}" for i in range(n_ctx - 1)]
-        tables["loss_by_position"] = StepTable(run_dir / "loss_by_position.csv", names)
-    return tables
 
 
 def write_loss_pca(run_dir: Path) -> dict[str, Any] | None:
@@ -158,18 +149,16 @@ def write_loss_pca(run_dir: Path) -> dict[str, Any] | None:
     return {"file": "loss_pca.csv", "explained_variance": explained.tolist()}
 
 
-def learning_time_metric(config: TrainConfig) -> tuple[str, float]:
-    """The curve a run's learning time and phase change are read from, and its threshold."""
-    if isinstance(config.data, FewShotConfig):
-        return "eval/train/loss", 0.4 * math.log(2)
-    return "eval/loss_repeat", 0.1 * math.log(config.data.vocab_size)
-
-
 def summarize(
-    config: TrainConfig, run_dir: Path, steps: int, status: str = "completed"
+    config: TrainConfig,
+    run_dir: Path,
+    steps: int,
+    learning: LearningTime | None,
+    status: str = "completed",
 ) -> dict[str, Any]:
     """Final, best and learning-time metrics read back from metrics.csv (the whole run's rows).
-    A diverged run gets no learning time and no phase change: its curve is broken."""
+    A diverged run gets no learning time and no phase change: its curve is broken; neither does
+    a run that failed before its task existed (`learning` None)."""
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     final: dict[str, float] = {}
     for row in rows:
@@ -179,14 +168,15 @@ def summarize(
         for k in final
         if k.endswith("/acc")
     }
-    metric, threshold = learning_time_metric(config)
+    metric, threshold = (learning.metric, learning.threshold) if learning else (None, None)
     curve = [(int(r["step"]), r[metric]) for r in rows if metric in r]
     steps_, values = [s for s, _ in curve], [v for _, v in curve]
-    if status == "diverged":
+    if status == "diverged" or learning is None:
         learned = None
-        phase = {"detected": False, "method": "peak-slope", "reason": "the run diverged"}
+        why = "the run diverged" if learning else "the run failed before training"
+        phase = {"detected": False, "method": "peak-slope", "reason": why}
     else:
-        learned = learning_time(steps_, values, threshold)
+        learned = learning_time(steps_, values, learning.threshold)
         phase = detect_phase_change(steps_, values).to_dict()
     return {
         "name": config.name,
@@ -288,11 +278,13 @@ def _train(
     start_step = checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0
     status, stop, error = "completed", {}, None
     trainer: L.Trainer | None = None
+    task: Task | None = None
     loggers: list[Any] = []
     saved: list[MetricsCSV | StepTable] = []
     fit_seconds = math.nan
     try:
-        module, datamodule, tables = build_run(config, run_dir)
+        task = make_datamodule(config.data, config.seed)
+        module, tables = build_run(config, task, run_dir)
         csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
         saved = [csv_logger, *tables.values()]
         if plan.checkpoint is not None:  # the rows after the checkpoint are redone
@@ -305,7 +297,7 @@ def _train(
         trainer = build_trainer(config, run_dir, loggers)
         fit_started = time.perf_counter()
         ckpt = str(plan.checkpoint) if plan.checkpoint is not None else None
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        trainer.fit(module, datamodule=task, ckpt_path=ckpt, weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
     except Diverged as err:
         status = "diverged"
@@ -322,7 +314,8 @@ def _train(
         for table in saved:
             table.save()
     step = trainer.global_step if trainer is not None else start_step
-    summary = finish(config, run_dir, step, status, stop, plan, started, start_step)
+    learning = task.learning_time() if task is not None else None
+    summary = finish(config, run_dir, step, learning, status, stop, plan, started, start_step)
     summary["steps_per_sec"] = (step - start_step) / fit_seconds
     for logger in loggers[1:]:  # W&B
         logger.experiment.summary.update(wandb_summary(summary))
@@ -334,35 +327,17 @@ def _train(
 
 
 def build_run(
-    config: TrainConfig, run_dir: Path
-) -> tuple[LabModule, L.LightningDataModule, dict[str, StepTable]]:
-    """The module, datamodule and per-evaluation tables of a run, seeded from its config."""
+    config: TrainConfig, task: Task, run_dir: Path
+) -> tuple[LabModule, dict[str, StepTable]]:
+    """The seeded module of a run and its per-evaluation tables: the one way to build them."""
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = make_datamodule(config.data, config.seed)
-    clamps = build_clamp_set(config.clamps, config.model, datamodule.io)
-    tables = run_tables(config, run_dir, datamodule.io.n_ctx)
+    clamps = build_clamp_set(config.clamps, config.model, task.io)
+    tables = run_tables(task, run_dir)
     torch.manual_seed(derive_seed(config.seed, "init"))
-    icl = (config.trainer.icl_early, config.trainer.icl_late)
-    factor = config.trainer.divergence_factor
-    module = LabModule(
-        config.model,
-        config.optim,
-        datamodule.io,
-        eval_splits=datamodule.eval_splits,
-        max_steps=config.trainer.max_steps,
-        batch_size=config.data.batch_size,
-        score_every=config.trainer.score_every,
-        log_every=config.trainer.log_every,
-        icl_positions=None if None in icl else icl,
-        clamps=clamps,
-        eval_unclamped=config.trainer.eval_unclamped,
-        tables=tables,
-        pca_examples=len(tables["per_token_loss"].names),
-        divergence_limit=factor * math.log(datamodule.io.d_vocab_out) if factor else math.inf,
-    )
-    return module, datamodule, tables
+    module = LabModule(config.model, config.optim, config.trainer, task, clamps, tables)
+    return module, tables
 
 
 def divergence_record(folder: Path, err: Diverged) -> dict[str, Any]:
@@ -382,6 +357,7 @@ def finish(
     config: TrainConfig,
     run_dir: Path,
     step: int,
+    learning: LearningTime | None,
     status: str,
     stop: dict[str, Any],
     plan: RunPlan,
@@ -389,7 +365,7 @@ def finish(
     start_step: int,
 ) -> dict[str, Any]:
     """The run's summary, the earlier segments of a resumed run included."""
-    summary = summarize(config, run_dir, step, status)
+    summary = summarize(config, run_dir, step, learning, status)
     segment = {
         "from_step": start_step,
         "to_step": step,

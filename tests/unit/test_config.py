@@ -101,13 +101,9 @@ def test_bad_trainer_value_names_the_key(make_config) -> None:
         (["model.rope_base=0"], "model.rope_base=0.0 must be a finite number > 0"),
         (["model.d_mlp=0"], "model.d_mlp=0 must be >= 1"),
         (["model.n_layers=0"], "model.n_layers=0 must be >= 1"),
-        (["trainer.icl_late=500"], "set both target positions of the ICL score, or neither"),
-        (["trainer.icl_early=5", "trainer.icl_late=500"], "trainer.icl_late=500 is beyond the 63"),
-        (["trainer.icl_early=40", "trainer.icl_late=10"], "trainer.icl_early=40 must be >= 0 and"),
-        (
-            ["experiment=fewshot_fast", "trainer.icl_early=1", "trainer.icl_late=3"],
-            "which only token data has",
-        ),
+        (["data.icl_late=500"], "set both target positions of the ICL score, or neither"),
+        (["data.icl_early=5", "data.icl_late=500"], "need 0 <= early < late < 63"),
+        (["data.icl_early=40", "data.icl_late=10"], "need 0 <= early < late < 63"),
         (["trainer.divergence_factor=-1"], "trainer.divergence_factor=-1.0 must be a finite"),
         (["trainer.gradient_clip_val=0"], "trainer.gradient_clip_val=0.0 must be a finite number"),
         (["trainer.devices=0"], "trainer.devices=0 must be >= 1"),
@@ -129,11 +125,18 @@ def test_every_bad_value_fails_before_any_work_naming_key_and_fix(
 
 
 @pytest.mark.parametrize(
-    ("override", "key"), [("resume=sometimes", "resume"), ("replace=maybe", "replace")]
+    ("overrides", "key"),
+    [
+        (["resume=sometimes"], "resume"),
+        (["replace=maybe"], "replace"),
+        (["experiment=fewshot_fast", "data.icl_early=1"], r"data\.icl_early"),  # tokens only
+    ],
 )
-def test_bad_run_directory_options_name_the_key(make_config, override: str, key: str) -> None:
+def test_bad_keys_of_a_family_or_run_options_name_the_key(
+    make_config, overrides: list[str], key: str
+) -> None:
     with pytest.raises(ConfigCompositionException, match=key):
-        make_config(override)
+        make_config(*overrides)
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:

@@ -131,15 +131,16 @@ def test_eval_set_fixed_and_probe(dm: RepeatedTokensDataModule) -> None:
     (loader,) = dm.val_dataloader()
     first = torch.cat([b["tokens"] for b in loader])  # (eval_size, seq)
     again = torch.cat([b["tokens"] for b in dm.val_dataloader()[0]])  # (eval_size, seq)
-    fresh = RepeatedTokensDataModule(CFG, seed=7).eval_set["tokens"]  # (eval_size, seq)
+    fresh = RepeatedTokensDataModule(CFG, seed=7).eval_sets["eval"]["tokens"]  # (eval_size, seq)
     assert first.shape == (CFG.eval_size, CFG.seq_len)
     assert torch.equal(first, again) and torch.equal(first, fresh)
     assert next(iter(loader))["tokens"].shape[0] == min(CFG.eval_batch_size, CFG.eval_size)
 
     probe = dm.probe_batch()
     assert probe["tokens"].shape == (CFG.probe_size, CFG.seq_len)
-    assert torch.equal(probe["ids"], probe["tokens"])
-    assert torch.equal(probe["tokens"], RepeatedTokensDataModule(CFG, seed=7).probe_batch()["ids"])
+    assert torch.equal(probe["ids"], probe["tokens"][:, :-1])  # identity where the model reads
+    again = RepeatedTokensDataModule(CFG, seed=7).probe_batch()
+    assert torch.equal(probe["tokens"], again["tokens"])
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,35 @@
-"""What every datamodule tells the model and the training module."""
+"""What a data family gives the lab: a `Task`.
+
+A task owns everything that depends on its data: the batches (an infinite seeded training stream,
+fixed evaluation sets, a probe batch for head scores, a reference batch for mean clamps), what the
+model reads and where the loss is taken, the scalars and per-evaluation tables an evaluation
+records, the learning-time metric and its threshold, and the head scores that mean something for
+it. The training module, the run's summary and the clamps ask the task; none of them branches on
+the family. A family is one module under `ihlab/data/` (a config dataclass and a `Task` subclass,
+joined by `register_task`) plus one YAML file under `conf/data/`.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+
+from ihlab.data.stream import fixed_loader, stream_loader
+from ihlab.metrics.heads import prefix_matching_score, previous_token_score
+from ihlab.metrics.loss_profile import ExampleLoss
+from ihlab.seeding import generator
+
+Batch = dict[str, Tensor]
+PCA_EXAMPLES = 256  # evaluation sequences whose losses the per-token-loss PCA follows
 
 
 @dataclass(frozen=True)
@@ -18,3 +45,174 @@ class ModelIO:
     d_vocab: int | None = None
     d_features: int | None = None
     n_labels: int | None = None
+
+
+@dataclass(frozen=True)
+class LearningTime:
+    """A run has learned at the first evaluation where `metric` is below `threshold`."""
+
+    metric: str
+    threshold: float
+
+
+class DataConfig:
+    """What every family's config dataclass tells the lab before any data is made (clamps are
+    checked against it): the positions the model reads and the batch entries clamp values may
+    read (e.g. "tokens", or "labels" and "target")."""
+
+    batch_size: int
+    eval_size: int
+
+    @property
+    def model_positions(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def clamp_inputs(self) -> frozenset[str]:
+        raise NotImplementedError
+
+
+class SplitMetrics(torch.nn.Module):
+    """Running metrics of one evaluation split: mean loss and accuracy where the loss is taken,
+    and the per-example losses of the loss PCA. Families extend it with their own."""
+
+    def __init__(self, n_examples: int, n_positions: int) -> None:
+        super().__init__()
+        self.loss, self.acc = MeanMetric(), MeanMetric()
+        self.examples = ExampleLoss(n_examples, n_positions, seed=0)
+
+    def update(self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor) -> None:
+        """One evaluation batch: logits and targets where the loss is taken, their losses."""
+        self.loss.update(token_loss)
+        self.acc.update((logits.argmax(dim=-1) == targets).float())
+        self.examples.update(token_loss)
+
+    def compute(self) -> dict[str, Tensor]:
+        """The split's scalars, by name (logged as eval[/<split>]/<name>)."""
+        return {"loss": self.loss.compute(), "acc": self.acc.compute()}
+
+    def rows(self) -> dict[str, Tensor]:
+        """The split's vectors, by table name (one row per evaluation in the run's tables)."""
+        return {"per_token_loss": self.examples.compute()}
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+
+class Task(L.LightningDataModule, ABC):
+    """A data family's batches and the measurements that belong to them (see the module doc)."""
+
+    eval_splits: tuple[str, ...]
+    io: ModelIO
+
+    def __init__(self, cfg: Any, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+
+    # batches: every one a pure function of the seed (and the step)
+
+    @abstractmethod
+    def sample(self, split: str, n: int, g: torch.Generator) -> Batch:
+        """n sequences of a split ("train" or an evaluation split), drawn with `g`. A batch holds
+        what `model_inputs` and `loss_positions` read and "ids", token identity at every
+        position the model reads (what head scores match on)."""
+
+    def train_batch(self, step: int) -> Batch:
+        """The training batch of one step: a pure function of (seed, step), so a resumed run
+        sees exactly the batches an uninterrupted one would."""
+        return self.sample("train", self.cfg.batch_size, generator(self.seed, "train", step))
+
+    def reference_batch(self, n: int) -> Batch:
+        """n fixed training sequences (the mean clamp's reference)."""
+        return self.sample("train", n, generator(self.seed, "reference"))
+
+    @cached_property
+    def eval_sets(self) -> dict[str, Batch]:
+        """Fixed evaluation sequences per split."""
+        size = self.cfg.eval_size
+        return {s: self.sample(s, size, generator(self.seed, "eval", s)) for s in self.eval_splits}
+
+    @cached_property
+    def _probe(self) -> Batch:
+        return self.sample("train", self.cfg.probe_size, generator(self.seed, "probe"))
+
+    def probe_batch(self) -> Batch:
+        """A small fixed batch of training sequences for head scores."""
+        return dict(self._probe)
+
+    def train_dataloader(self) -> DataLoader:
+        return stream_loader(self, self.train_batch)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        batch_size = self.cfg.eval_batch_size
+        return [fixed_loader(self.eval_sets[split], batch_size) for split in self.eval_splits]
+
+    # the model's view
+
+    @abstractmethod
+    def model_inputs(self, batch: Batch) -> Batch:
+        """What the model reads."""
+
+    @abstractmethod
+    def loss_positions(self, batch: Batch, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and targets where the loss is taken: (..., d_vocab_out) and (...)."""
+
+    # measurements
+
+    @abstractmethod
+    def learning_time(self) -> LearningTime:
+        """The curve the run's learning time and phase changes are read from, and its threshold."""
+
+    @property
+    def pca_examples(self) -> int:
+        """How many evaluation sequences the per-token-loss PCA follows (each at one position)."""
+        return min(PCA_EXAMPLES, self.cfg.eval_size)
+
+    @abstractmethod
+    def split_metrics(self) -> SplitMetrics:
+        """Fresh running metrics for one evaluation split."""
+
+    def train_scalars(self, batch: Batch, token_loss: Tensor, correct: Tensor) -> dict[str, Tensor]:
+        """Training scalars of a batch (measured before its update), by metric name."""
+        return {"train/loss": token_loss.mean(), "train/acc": correct.float().mean()}
+
+    def table_columns(self) -> dict[str, list[str]]:
+        """Column names of the per-evaluation tables (table name -> columns)."""
+        return {"per_token_loss": [f"ex{i}" for i in range(self.pca_examples)]}
+
+    def head_scores(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
+        """Scores of every head from the probe batch's patterns: name -> (layer, head)."""
+        return {
+            "previous_token": torch.stack([previous_token_score(p) for p in patterns]),
+            "prefix_matching": torch.stack(
+                [prefix_matching_score(p, probe["ids"]) for p in patterns]
+            ),
+        }
+
+
+TASKS: dict[type, type[Task]] = {}
+FAMILY_NAMES: dict[str, type] = {}
+
+
+def register_task(name: str, config: type) -> Callable[[type[Task]], type[Task]]:
+    """Join a family's config dataclass and its Task class under `name` (its conf/data file)."""
+
+    def register(task: type[Task]) -> type[Task]:
+        TASKS[config], FAMILY_NAMES[name] = task, config
+        return task
+
+    return register
+
+
+def make_datamodule(cfg: Any, seed: int) -> Task:
+    """The task (a Lightning datamodule) of a data config, chosen by the config's type."""
+    try:
+        task = TASKS[type(cfg)]
+    except KeyError:
+        known = ", ".join(sorted(c.__name__ for c in TASKS))
+        raise TypeError(
+            f"make_datamodule got a {type(cfg).__name__}; expected one of {known} (convert an "
+            "OmegaConf config with OmegaConf.to_object first)."
+        ) from None
+    return task(cfg, seed)

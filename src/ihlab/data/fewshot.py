@@ -11,22 +11,28 @@ from an HDF5 file (e.g. ResNet features of Omniglot, as in Singh et al.).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
 import h5py
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from ihlab.data.base import ModelIO
-from ihlab.data.stream import fixed_loader, stream_loader
+from ihlab.data.base import (
+    Batch,
+    DataConfig,
+    LearningTime,
+    ModelIO,
+    SplitMetrics,
+    Task,
+    register_task,
+)
 from ihlab.errors import ConfigError
+from ihlab.metrics.heads import induction_strength
 from ihlab.seeding import generator
 
 
@@ -38,7 +44,7 @@ class FeatureSource(str, Enum):
 
 
 @dataclass
-class FewShotConfig:
+class FewShotConfig(DataConfig):
     """Few-shot sequences and their class / exemplar / label-pair splits.
 
     `n_classes`, `n_exemplars` and `feature_dim` describe only the Gaussian generator; with
@@ -144,6 +150,14 @@ class FewShotConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def model_positions(self) -> int:
+        return 2 * self.context_pairs + 1
+
+    @property
+    def clamp_inputs(self) -> frozenset[str]:
+        return frozenset({"labels", "target"})
 
     def _check_hdf5_file(self) -> None:
         """The file exists, holds a finite numeric (classes, exemplars, dim) dataset, and has
@@ -258,7 +272,8 @@ class Split(NamedTuple):
     pairs: Tensor  # (n_split_pairs, 2)
 
 
-class FewShotDataModule(L.LightningDataModule):
+@register_task("fewshot", FewShotConfig)
+class FewShotDataModule(Task):
     """Training stream over the train split, fixed eval sets per split, and a probe batch.
 
     Batches hold "features" (batch, T, D) with zeros at label positions, "labels" (batch, T) with
@@ -267,9 +282,7 @@ class FewShotDataModule(L.LightningDataModule):
     """
 
     def __init__(self, cfg: FewShotConfig, seed: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
+        super().__init__(cfg, seed)
         if cfg.features == FeatureSource.hdf5:
             path = Path(str(cfg.hdf5_path)).expanduser().resolve()
             self.features = read_hdf5_features(path, cfg.hdf5_dataset)  # (classes, ex., dim)
@@ -305,7 +318,10 @@ class FewShotDataModule(L.LightningDataModule):
             n_ctx=self.seq_len, d_features=dim, n_labels=cfg.n_labels, d_vocab_out=cfg.n_labels
         )
 
-    def sample(self, split: Split, n: int, g: torch.Generator) -> dict[str, Tensor]:
+    def sample(self, split: str, n: int, g: torch.Generator) -> Batch:
+        return self.sample_split(self.splits[split], n, g)
+
+    def sample_split(self, split: Split, n: int, g: torch.Generator) -> Batch:
         """n sequences from one split, vectorised over the batch."""
         cfg = self.cfg
         k, burst, n_dis = cfg.context_pairs, cfg.burstiness, cfg.n_distractor_classes
@@ -340,35 +356,22 @@ class FewShotDataModule(L.LightningDataModule):
         ids[:, 1::2] = self.n_classes + item_labels
         return {"features": features, "labels": labels, "target": ab[:, 0], "ids": ids}
 
-    def train_batch(self, step: int) -> dict[str, Tensor]:
-        """The training batch of one step: a pure function of (seed, step)."""
-        g = generator(self.seed, "train", step)
-        return self.sample(self.splits["train"], self.cfg.batch_size, g)
+    def model_inputs(self, batch: Batch) -> Batch:
+        return {"features": batch["features"], "labels": batch["labels"]}
 
-    def train_dataloader(self) -> DataLoader:
-        return stream_loader(self, self.train_batch)
+    def loss_positions(self, batch: Batch, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return logits[:, -1], batch["target"]  # the query: (batch, n_labels), (batch,)
 
-    def reference_batch(self, n: int) -> dict[str, Tensor]:
-        """n fixed train-split sequences, e.g. for a mean clamp."""
-        return self.sample(self.splits["train"], n, generator(self.seed, "reference"))
+    def learning_time(self) -> LearningTime:
+        """Singh et al.: the training split's loss below 0.4 ln 2 (the ln 2 plateau is a random
+        pick between the context's two labels)."""
+        return LearningTime("eval/train/loss", 0.4 * math.log(2))
 
-    @cached_property
-    def eval_sets(self) -> dict[str, dict[str, Tensor]]:
-        """Fixed evaluation sequences per split, made once from the seed."""
-        return {
-            name: self.sample(split, self.cfg.eval_size, generator(self.seed, "eval", name))
-            for name, split in self.splits.items()
-        }
+    def split_metrics(self) -> SplitMetrics:
+        return SplitMetrics(self.pca_examples, n_positions=1)  # one loss per sequence: the query
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [
-            fixed_loader(self.eval_sets[name], self.cfg.eval_batch_size) for name in self.splits
-        ]
-
-    @cached_property
-    def _probe(self) -> dict[str, Tensor]:
-        return self.sample(self.splits["train"], self.cfg.probe_size, generator(self.seed, "probe"))
-
-    def probe_batch(self) -> dict[str, Tensor]:
-        """A small fixed batch of train-split sequences for attention probes."""
-        return dict(self._probe)
+    def head_scores(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
+        """Adds Singh et al.'s induction strength (the query's attention to the correct label
+        minus to the wrong one)."""
+        strength = [induction_strength(p, probe["labels"], probe["target"]) for p in patterns]
+        return {**super().head_scores(patterns, probe), "induction_strength": torch.stack(strength)}

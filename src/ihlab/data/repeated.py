@@ -13,22 +13,20 @@ every sequence stays `seq_len`), so only content-based copying (an induction hea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from functools import cached_property
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
-from ihlab.data.base import ModelIO
-from ihlab.data.stream import fixed_loader, stream_loader
+from ihlab.data.base import Batch, LearningTime, ModelIO, SplitMetrics, register_task
+from ihlab.data.tokens import TokenDataConfig, TokenSplitMetrics, TokenTask
 from ihlab.errors import ConfigError
-from ihlab.seeding import generator
 
 
 @dataclass
-class RepeatedTokensConfig:
+class RepeatedTokensConfig(TokenDataConfig):
     """Repeated-token sequences; `bos` prepends token id `vocab_size`."""
 
     vocab_size: int = 64
@@ -37,10 +35,6 @@ class RepeatedTokensConfig:
     min_segment_len: int | None = None  # None: every segment is segment_len long
     n_repeats: int = 1
     bos: bool = False
-    batch_size: int = 64
-    eval_size: int = 512
-    eval_batch_size: int = 256
-    probe_size: int = 32
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -68,11 +62,7 @@ class RepeatedTokensConfig:
                 f"data.prefix_len={self.prefix_len} must be >= 0. Fix: set data.prefix_len=0 "
                 "for no prefix."
             )
-        for key in ("batch_size", "eval_size", "eval_batch_size", "probe_size"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(
-                    f"data.{key}={getattr(self, key)} must be positive. Fix: set data.{key} >= 1."
-                )
+        self.check_sizes()
 
     @property
     def seq_len(self) -> int:
@@ -101,50 +91,56 @@ def sample_repeated(cfg: RepeatedTokensConfig, n: int, g: torch.Generator) -> di
     return {"tokens": tokens, "repeat_mask": repeat_mask}
 
 
-class RepeatedTokensDataModule(L.LightningDataModule):
-    """Training stream, one fixed eval set, a probe batch and the target masks for scoring."""
+class RepeatedSplitMetrics(TokenSplitMetrics):
+    """Adds the loss on the first occurrence of the segment (nothing to copy) and on its repeats
+    (everything to copy)."""
 
-    eval_splits = ("eval",)
+    def __init__(self, n_examples: int, n_positions: int, icl: tuple[int, int]) -> None:
+        super().__init__(n_examples, n_positions, icl)
+        self.loss_first, self.loss_repeat = MeanMetric(), MeanMetric()
+
+    def update(self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor) -> None:
+        super().update(batch, logits, targets, token_loss)
+        repeat = batch["repeat_mask"]  # (batch, pos)
+        self.loss_first.update(token_loss[~repeat])
+        self.loss_repeat.update(token_loss[repeat])
+
+    def compute(self) -> dict[str, Tensor]:
+        first, repeat = self.loss_first.compute(), self.loss_repeat.compute()
+        return {**super().compute(), "loss_first": first, "loss_repeat": repeat}
+
+
+@register_task("repeated_tokens", RepeatedTokensConfig)
+class RepeatedTokensDataModule(TokenTask):
+    """Repeated random tokens; batches carry a "repeat_mask" of the targets copying can predict."""
 
     def __init__(self, cfg: RepeatedTokensConfig, seed: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
+        super().__init__(cfg, seed)
         d_vocab = cfg.vocab_size + int(cfg.bos)
         self.io = ModelIO(n_ctx=cfg.seq_len, d_vocab=d_vocab, d_vocab_out=d_vocab)
 
-    def train_batch(self, step: int) -> dict[str, Tensor]:
-        """The training batch of one step: a pure function of (seed, step)."""
-        return sample_repeated(self.cfg, self.cfg.batch_size, generator(self.seed, "train", step))
+    def sample(self, split: str, n: int, g: torch.Generator) -> Batch:
+        batch = sample_repeated(self.cfg, n, g)
+        return {**batch, "ids": batch["tokens"][:, :-1]}
 
-    def train_dataloader(self) -> DataLoader:
-        return stream_loader(self, self.train_batch)
+    def learning_time(self) -> LearningTime:
+        """The repeated segment's loss below 10% of the uniform guess's (ln vocab)."""
+        return LearningTime("eval/loss_repeat", 0.1 * math.log(self.cfg.vocab_size))
 
-    def reference_batch(self, n: int) -> dict[str, Tensor]:
-        """n fixed training-distribution sequences, e.g. for a mean clamp."""
-        return sample_repeated(self.cfg, n, generator(self.seed, "reference"))
+    def train_scalars(self, batch: Batch, token_loss: Tensor, correct: Tensor) -> dict[str, Tensor]:
+        repeat = batch["repeat_mask"]  # (batch, pos)
+        return {
+            "train/loss": token_loss.mean(),
+            "train/loss_first": token_loss[~repeat].mean(),
+            "train/loss_repeat": token_loss[repeat].mean(),
+        }
 
-    @cached_property
-    def eval_set(self) -> dict[str, Tensor]:
-        """The fixed evaluation sequences, made once from the seed."""
-        return sample_repeated(self.cfg, self.cfg.eval_size, generator(self.seed, "eval", "eval"))
+    def split_metrics(self) -> SplitMetrics:
+        n = self.cfg.model_positions
+        return RepeatedSplitMetrics(self.pca_examples, n, self.icl_positions())
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [fixed_loader(self.eval_set, self.cfg.eval_batch_size)]
-
-    @cached_property
-    def _probe(self) -> dict[str, Tensor]:
-        return sample_repeated(self.cfg, self.cfg.probe_size, generator(self.seed, "probe"))
-
-    def probe_batch(self) -> dict[str, Tensor]:
-        """A small fixed batch for attention probes; "ids" are the tokens themselves."""
-        return {**self._probe, "ids": self._probe["tokens"]}
-
-    def icl_positions(self) -> tuple[int, int]:
-        """Default (early, late) targets for the ICL score.
-
-        early: the middle of the first occurrence of the longest segment (a target no copying can
-        predict, whatever the segment length); late: the last target (always in a repeat).
-        """
+    def default_icl_positions(self) -> tuple[int, int]:
+        """early: the middle of the first occurrence of the longest segment (a target no copying
+        can predict, whatever the segment length); late: the last target (always in a repeat)."""
         first = self.cfg.seq_len - (1 + self.cfg.n_repeats) * self.cfg.segment_len
         return first + (self.cfg.segment_len - 1) // 2, self.cfg.seq_len - 2
