@@ -6,8 +6,9 @@
 
 Reads each run's `summary.json`, `metrics.csv` and `.hydra/` config, groups the completed runs by
 their condition (or any dotted config key), tests every group against the baseline group and writes
-`comparison.csv`, `comparison.md`, `learning_time.png`, `curves.png`, `onsets.png` and `heads.png`
-to `out`. Learning times are time-to-event data (Kaplan-Meier, log-rank; see compare_stats.py).
+`comparison.csv`, `comparison.md`, `learning_time.png`, `curves.png`, `onsets.png`, `heads.png`
+and `report.html` (all of them in one self-contained page) to `out`. Learning times are
+time-to-event data (Kaplan-Meier, log-rank; see compare_stats.py).
 Runs that did not complete and runs with an unreadable file are listed in `comparison.md` and left
 out of the statistics; runs of different experiments are never pooled into one group.
 """
@@ -49,6 +50,7 @@ from ihlab.compare_stats import (
 from ihlab.compare_tables import TEST_COLUMNS, TESTED, write_csv, write_markdown
 from ihlab.config import register_configs
 from ihlab.outputs import read_metrics
+from ihlab.report import write_report
 from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.compare")
@@ -366,11 +368,12 @@ def compare(
 ) -> dict[str, Any]:
     """Compare the completed runs under `run_paths`, grouped by `group_by`, against `baseline`.
 
-    Writes comparison.csv, comparison.md, learning_time.png, curves.png, onsets.png and heads.png
-    to `out` (default: the first folder in `run_paths` that is not itself a run, else the current
-    directory) and returns {"group_by", "baseline", "metric", "out", "rows" (comparison.csv's
-    rows), "runs" (each completed run's pooled values), "skipped" ([{"dir", "status", "group",
-    "reason"}]), "files"}. ValueError when a group would pool runs of different experiments.
+    Writes comparison.csv, comparison.md, learning_time.png, curves.png, onsets.png, heads.png and
+    report.html to `out` (default: the first folder in `run_paths` that is not itself a run, else
+    the current directory) and returns {"group_by", "baseline", "metric", "out", "rows"
+    (comparison.csv's rows), "runs" (each completed run's pooled values), "skipped" ([{"dir",
+    "status", "group", "reason"}]), "files"}. ValueError when a group would pool runs of
+    different experiments.
     """
     paths = find_runs(run_paths)
     if not paths:
@@ -436,6 +439,9 @@ def compare(
         kinds = dict.fromkeys(k for f in finals for k in f)
         heads[g] = {k: mean_grids([f[k] for f in finals if k in f]) for k in kinds}
     plot_heads(files["heads"], heads)
+    files["report.html"] = out / "report.html"
+    plots = {name: path for name, path in files.items() if path.suffix == ".png"}
+    write_report(files["report.html"], files["comparison.md"], plots)
     return {
         "group_by": group_by,
         "baseline": baseline,

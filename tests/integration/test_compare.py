@@ -5,8 +5,10 @@ unreadable files beside them. The statistics themselves: tests/unit/test_compare
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,23 @@ def test_plots_are_png_files(sweep: Path, result: dict[str, Any]) -> None:
         assert path.read_bytes()[:8] == PNG
 
 
+def test_report_html_holds_the_tables_and_embeds_every_plot(
+    sweep: Path, result: dict[str, Any]
+) -> None:
+    page = (sweep / "report.html").read_text()
+    assert result["files"]["report.html"] == str(sweep / "report.html")
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    plots = ("learning_time", "curves", "onsets", "heads")
+    assert [base64.b64decode(e) for e in embedded] == [
+        (sweep / f"{name}.png").read_bytes() for name in plots
+    ]
+    assert "<th>condition</th>" in page
+    assert "<td>baseline</td>" in page and "<td>subcircuit_a</td>" in page
+    markdown = (sweep / "comparison.md").read_text().splitlines()
+    assert page.count("<table>") == sum(line.startswith("|---") for line in markdown)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
+
+
 @pytest.mark.parametrize(("key", "groups"), [("seed", ["0", "1"]), ("data.n_labels", ["5"])])
 def test_grouping_by_a_config_key(sweep: Path, tmp_path: Path, key: str, groups: list[str]) -> None:
     out = compare([sweep / name for name in RUNS], group_by=key, out=tmp_path)
@@ -155,6 +174,7 @@ def test_main_through_hydra_compose(sweep: Path, tmp_path: Path) -> None:
         "heads.png",
         "learning_time.png",
         "onsets.png",
+        "report.html",
     ]
 
 
