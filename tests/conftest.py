@@ -53,25 +53,21 @@ def run_training(tmp_path: Path) -> Callable[..., dict[str, Any]]:
 
 
 def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
-    """History, summary, config and file names of the offline W&B run under run_dir, read with
-    wandb's own record reader (wandb.sdk.internal.datastore + its protobuf records)."""
+    """History, summary, config (the run's and later updates) and file names of the one offline
+    W&B run under run_dir, read from its `.wandb` file (tests/wandb_records.py says why not
+    through wandb)."""
     import json
 
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
+    from wandb_records import read_records
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    store = datastore.DataStore()
-    store.open_for_scan(str(path))
     out: dict[str, Any] = {"history": [], "summary": {}, "config": {}, "files": [], "run": None}
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+
+    def key(item: Any) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    for record in read_records(path):
         kind = record.WhichOneof("record_type")
-
-        def key(item: Any) -> str:
-            return item.key or "/".join(item.nested_key)
-
         if kind == "history":
             out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
@@ -82,4 +78,6 @@ def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
             out["files"] += [f.path for f in record.files.files]
         elif kind == "run":
             out["run"] = record.run
+            config = record.run.config.update
+            out["config"].update({key(i): json.loads(i.value_json) for i in config})
     return out
