@@ -1,16 +1,28 @@
-"""The run's W&B logger: offline by default, grouped by condition, steps on every x-axis, and the
-run summary's headline keys."""
+"""The run's W&B logger: offline by default, grouped by condition, steps on every x-axis, one W&B
+run per run directory (a resume continues it), and the run summary's headline keys."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from ihlab.atomic import write_text_atomic
 from ihlab.config import TrainConfig
+
+RUN_ID = Path("wandb") / "ihlab-run-id"  # in the run directory: the id of its W&B run
+
+
+def previous_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run an earlier segment of this run logged to, if any. A run directory
+    that was replaced or started over has its wandb/ folder moved aside, so it starts a new one."""
+    path = run_dir / RUN_ID
+    return path.read_text().strip() or None if path.is_file() else None
 
 
 def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> Any:
-    """A Lightning WandbLogger for the run, with every metric on the optimizer-step axis."""
+    """A Lightning WandbLogger for the run, with every metric on the optimizer-step axis. A run
+    resumed in its own directory continues its W&B run (same id, resume="allow"), so its curves
+    stay in one run; a fresh one gets a new id (or a sweep agent's, from WANDB_RUN_ID)."""
     from lightning.pytorch.loggers import WandbLogger
 
     w = config.wandb
@@ -24,8 +36,11 @@ def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, An
         save_dir=str(run_dir),
         mode=w.mode.value,
         config=resolved,
+        id=previous_run_id(run_dir),
+        resume="allow",
     )
     run = logger.experiment
+    write_text_atomic(run_dir / RUN_ID, run.id + "\n")
     run.define_metric("trainer/global_step")
     run.define_metric("*", step_metric="trainer/global_step")  # every panel's x-axis: steps
     resolved_yaml = run_dir / ".hydra" / "resolved.yaml"

@@ -159,7 +159,8 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
     run = record["run"]
     assert run.display_name == "induction_2l-baseline-s0"
     assert run.run_group == "induction_2l/baseline"
-    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert (tmp_path / "run" / "wandb" / "ihlab-run-id").read_text() == run.run_id + "\n"
+    config = record["config"]
     assert config["model"]["n_layers"] == 2 and config["seed"] == 0
 
 
