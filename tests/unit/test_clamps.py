@@ -209,18 +209,77 @@ def test_perfect_copy_gives_the_heads_scores_to_the_context_labels() -> None:
     train_and_check(clamp_set(copy=cfg), ["logits", scores], check)
 
 
+def previous_position(x: Tensor) -> Tensor:
+    """(batch, pos, d): position i holds x[:, i - 1], position 0 its own value; by hand."""
+    out = x.clone()
+    for i in range(1, x.shape[1]):
+        out[:, i] = x[:, i - 1]
+    return out
+
+
+def test_shifted_reads_the_previous_position_never_the_next() -> None:
+    x = torch.arange(12.0).view(1, 4, 3)  # position i holds 3i, 3i + 1, 3i + 2
+    expected = torch.tensor([[[0.0, 1, 2], [0, 1, 2], [3, 4, 5], [6, 7, 8]]])
+    assert torch.equal(shifted(x), expected)
+    assert torch.equal(previous_position(x), expected)
+
+
 def test_multipass_layer1_clamp() -> None:
+    """The clamped pass holds layer 0's output at the embeddings, and layer 1's patterns at those
+    of a pass whose layer-0 output is the embeddings plus the previous position's embeddings."""
     site, embed, pattern = "blocks.0.resid_post", "blocks.0.resid_pre", "blocks.1.attn.pattern"
 
     def check(model, batch, cache):
         assert torch.equal(cache[site], cache[embed])
         hooks = SiteHooks(cache=[embed, pattern])
-        hooks.add_intervention(site, lambda x: hooks.cache[embed] + shifted(hooks.cache[embed]))
+        hooks.add_intervention(
+            site, lambda x: hooks.cache[embed] + previous_position(hooks.cache[embed])
+        )
         model(inputs_of(batch), hooks)
         assert torch.equal(cache[pattern], hooks.cache[pattern])
+        unclamped = clean(model, batch, [pattern])[pattern]
+        assert not torch.allclose(cache[pattern], unclamped)  # the clamp changed them
 
     cfg = ClampConfig(site=site, value=ValueKind.multipass)
     train_and_check(clamp_set(a=cfg), [site, embed, pattern], check)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_multipass_is_causal(tokens: bool) -> None:
+    """Changing the input at position j never changes any clamped site at positions before j:
+    the first pass reads the previous position, not the next one (a leak from the future)."""
+    sites = ["blocks.0.resid_post", "blocks.1.attn.pattern", "blocks.1.attn.z", "logits"]
+    io = TOKENS_IO if tokens else FEWSHOT_IO
+    torch.manual_seed(0)
+    model = Transformer(MODEL, io)
+    clamps = build_clamp_set(
+        {"a": ClampConfig(site="blocks.0.resid_post", value=ValueKind.multipass)}, MODEL, io
+    )
+    batch = inputs_of(token_batch(0) if tokens else fewshot_batch(0))
+
+    def forward(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        hooks = clamps.hooks(model, ClampContext(inputs, None, 0), sites)
+        with torch.no_grad():
+            model(inputs, hooks)
+        return hooks.cache
+
+    before = forward(batch)
+    for j in (1, 2, 4) if not tokens else (1, 12, 22):
+        changed = {k: v.clone() for k, v in batch.items()}
+        if tokens:
+            changed["tokens"][:, j] = (changed["tokens"][:, j] + 1) % io.d_vocab
+        elif j % 2:
+            changed["labels"][:, j] = (changed["labels"][:, j] + 1) % N_LABELS  # a label
+        else:
+            changed["features"][:, j] += 1.0  # an exemplar
+        after = forward(changed)
+        for name in sites:
+            axis = 2 if name.endswith("pattern") else 1  # the query / position axis
+            earlier = (slice(None),) * axis + (slice(0, j),)
+            torch.testing.assert_close(
+                after[name][earlier], before[name][earlier], rtol=0, atol=1e-6
+            )
+            assert not torch.allclose(after[name], before[name]), (name, j)  # position j did move
 
 
 def test_graft_takes_the_site_from_another_runs_checkpoint(tmp_path: Path) -> None:
@@ -317,6 +376,65 @@ def test_heads_chosen_by_a_reference_runs_scores(tmp_path: Path) -> None:
     select.step = 7
     with pytest.raises(ConfigError, match="at step 7"):
         clamp_set(p=ClampConfig(site="blocks.0.attn.pattern", select=select))
+
+
+def write_scores(run: Path, rows: dict[int, dict[str, list[float]]]) -> None:
+    """A reference run's metrics.csv: per step, per score name, one value per head of L0 then L1."""
+    names = sorted({name for scores in rows.values() for name in scores})
+    cols = [f"heads/{n}/L{layer}H{h}" for n in names for layer in (0, 1) for h in range(N_HEADS)]
+    lines = ["step,sequences," + ",".join(cols)]
+    for step, scores in rows.items():
+        lines.append(f"{step},{step * 32}," + ",".join(str(v) for n in names for v in scores[n]))
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+# Per step: previous_token, prefix_matching for heads L0H0-3 then L1H0-3; each layer (and step)
+# ranks its heads differently, so a selection read off the wrong layer or step is visible.
+SCORES = {
+    0: {
+        "previous_token": [0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.1, 0.2],
+        "prefix_matching": [0.5, 0.1, 0.2, 0.3, 0.2, 0.3, 0.4, 0.1],
+    },
+    100: {
+        "previous_token": [0.9, 0.1, 0.8, 0.2, 0.1, 0.3, 0.9, 0.5],
+        "prefix_matching": [0.1, 0.7, 0.2, 0.6, 0.8, 0.1, 0.2, 0.9],
+    },
+}
+
+
+def top_by_hand(step: int, score: str, layer: int, top: int) -> list[int]:
+    values = SCORES[step][score][layer * N_HEADS : (layer + 1) * N_HEADS]
+    best = sorted(range(N_HEADS), key=lambda h: values[h], reverse=True)[:top]
+    return sorted(best)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("score", ["previous_token", "prefix_matching"])
+@pytest.mark.parametrize(("step", "top"), [(0, 1), (0, 2), (100, 2), (None, 3)])
+def test_select_ranks_the_heads_of_the_clamped_layer(
+    tmp_path: Path, layer: int, score: str, step: int | None, top: int
+) -> None:
+    write_scores(tmp_path, SCORES)
+    select = HeadSelect(run=str(tmp_path), score=score, top=top, step=step)
+    expected = top_by_hand(100 if step is None else step, score, layer, top)  # None: last step
+    z = ClampConfig(site=f"blocks.{layer}.attn.z", select=select)
+    assert clamp_set(z=z).clamps[0].heads == expected
+    copy = ClampConfig(site="logits", value="copy", source=f"blocks.{layer}.attn.scores")
+    copy.select = select  # copy: the heads of its source's layer
+    assert clamp_set(copy=copy).clamps[0].heads == expected
+
+
+def test_selected_heads_are_the_ones_clamped_in_the_forward(tmp_path: Path) -> None:
+    write_scores(tmp_path, SCORES)
+    select = HeadSelect(run=str(tmp_path), score="prefix_matching", top=2, step=100)
+    site = "blocks.1.attn.z"  # layer 1: heads 0 and 3 (layer 0 would be 1 and 3)
+
+    def check(model, batch, cache):
+        z, free = cache[site], clean(model, batch, [site])[site]
+        assert torch.equal(z[:, :, [0, 3]], torch.zeros_like(z[:, :, [0, 3]]))
+        assert torch.equal(z[:, :, [1, 2]], free[:, :, [1, 2]])
+
+    train_and_check(clamp_set(z=ClampConfig(site=site, select=select)), [site], check, steps=1)
 
 
 # The gradient rule, on parameter gradients.

@@ -58,10 +58,6 @@ def pairs_used(batch: dict[str, Tensor]) -> set[tuple[int, int]]:
     return {(int(row.min()), int(row.max())) for row in labels}
 
 
-def as_set(pairs: Tensor) -> set[tuple[int, int]]:
-    return {tuple(p) for p in pairs.tolist()}
-
-
 def test_shapes_and_layout(dm: FewShotDataModule) -> None:
     b = dm.train_batch(0)
     n, t, d = CFG.batch_size, 2 * K + 1, CFG.feature_dim
@@ -94,46 +90,81 @@ def test_target_is_the_label_of_the_query_class(dm: FewShotDataModule) -> None:
     assert (b["target"] == items["labels"].max(1).values).any()
 
 
-def test_training_never_leaks_held_out_data(dm: FewShotDataModule) -> None:
-    train_classes = set(dm.train_classes.tolist())
-    held_vectors = dm.features[:, dm.heldout_exemplars].reshape(-1, CFG.feature_dim)  # (m, D)
-    for step in range(40):
-        b = dm.train_batch(step)
-        assert set(b["ids"][:, 0::2].flatten().tolist()) <= train_classes
-        items = b["features"][:, 0::2].reshape(-1, CFG.feature_dim)  # (n * (K + 1), D)
-        assert not (items[:, None] == held_vectors[None]).all(-1).any()
-        assert pairs_used(b) <= as_set(dm.train_pairs)
+N_PAIRS = CFG.n_labels * (CFG.n_labels - 1) // 2  # 10 unordered label pairs
+ALL_PAIRS = {(a, b) for a in range(CFG.n_labels) for b in range(a + 1, CFG.n_labels)}
 
 
-def test_splits_are_disjoint_and_complete(dm: FewShotDataModule) -> None:
-    assert not set(dm.train_classes.tolist()) & set(dm.unseen_classes.tolist())
-    assert len(dm.train_classes) == CFG.n_train_classes
-    assert len(dm.unseen_classes) == CFG.n_unseen_classes
-    assert len(as_set(dm.train_pairs) | as_set(dm.heldout_pairs)) == 10
-    assert len(dm.heldout_pairs) == CFG.n_holdout_pairs
-    assert dm.eval_splits == ("train", "heldout_pairs", "heldout_exemplars", "unseen_classes")
-
-
-def test_each_eval_split_uses_only_its_own_data(dm: FewShotDataModule) -> None:
-    train, unseen = set(dm.train_classes.tolist()), set(dm.unseen_classes.tolist())
-    n_train_ex = CFG.train_exemplars
-    expected = {
-        "train": (train, set(range(n_train_ex)), as_set(dm.train_pairs)),
-        "heldout_pairs": (train, set(range(n_train_ex)), as_set(dm.heldout_pairs)),
-        "heldout_exemplars": (train, set(range(n_train_ex, 4)), as_set(dm.train_pairs)),
-        "unseen_classes": (unseen, set(range(4)), as_set(dm.train_pairs)),
+def seen(dm: FewShotDataModule, batch: dict[str, Tensor]) -> dict[str, set]:
+    """Classes, exemplar indices and unordered label pairs that a batch's sequences use."""
+    items = decode(dm, batch)
+    return {
+        "classes": set(items["classes"].flatten().tolist()),
+        "exemplars": set(items["exemplars"].flatten().tolist()),
+        "pairs": pairs_used(batch),
     }
+
+
+@pytest.fixture(scope="module")
+def used(dm: FewShotDataModule) -> dict[str, dict[str, set]]:
+    """What the first 60 batches of the training loader and each fixed evaluation set actually
+    use, read off the sequences themselves (never off the datamodule's split attributes)."""
+    train = [seen(dm, batch) for batch in islice(dm.train_dataloader(), 60)]
+    out = {"training": {k: set().union(*(t[k] for t in train)) for k in train[0]}}
+    out.update({name: seen(dm, batch) for name, batch in dm.eval_sets.items()})
+    return out
+
+
+def test_held_out_label_pairs_are_never_in_a_training_batch(used) -> None:
+    training, held = used["training"]["pairs"], used["heldout_pairs"]["pairs"]
+    assert len(held) == CFG.n_holdout_pairs
+    assert not training & held
+    # 60 x 64 sequences draw every one of the 7 training pairs: together they are all 10.
+    assert len(training) == N_PAIRS - CFG.n_holdout_pairs
+    assert training | held == ALL_PAIRS
+
+
+def test_unseen_classes_are_never_in_a_training_batch(used) -> None:
+    training, unseen = used["training"]["classes"], used["unseen_classes"]["classes"]
+    assert len(training) == CFG.n_train_classes  # query and distractor classes alike
+    assert len(unseen) == CFG.n_unseen_classes
+    assert not training & unseen
+    assert training | unseen <= set(range(CFG.n_classes))
+
+
+def test_held_out_exemplars_are_never_in_a_training_batch(used) -> None:
+    training, held = used["training"]["exemplars"], used["heldout_exemplars"]["exemplars"]
+    assert len(training) == CFG.train_exemplars
+    assert not training & held
+    assert training | held == set(range(CFG.n_exemplars))
+
+
+def test_each_eval_split_holds_out_one_thing_and_shares_the_rest_with_training(
+    dm: FewShotDataModule, used
+) -> None:
+    train, every_exemplar = used["training"], set(range(CFG.n_exemplars))
+    expected = {  # per split: the classes, exemplars and pairs it draws from
+        "train": train,
+        "heldout_pairs": {**train, "pairs": ALL_PAIRS - train["pairs"]},
+        "heldout_exemplars": {**train, "exemplars": every_exemplar - train["exemplars"]},
+        "unseen_classes": {
+            **train,
+            "classes": used["unseen_classes"]["classes"],
+            "exemplars": every_exemplar,
+        },
+    }
+    assert dm.eval_splits == ("train", "heldout_pairs", "heldout_exemplars", "unseen_classes")
+    for name, sets in expected.items():
+        assert used[name] == sets, name
+
+
+def test_eval_loaders_serve_the_fixed_sets_in_order(dm: FewShotDataModule) -> None:
     loaders = dm.val_dataloader()
     assert len(loaders) == len(dm.eval_splits)
     for name, loader in zip(dm.eval_splits, loaders, strict=True):
         batches = list(loader)
         assert [len(b["target"]) for b in batches] == [128, 128, 44]
-        b = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
-        items = decode(dm, b)
-        classes, exemplars, pairs = expected[name]
-        assert set(items["classes"].flatten().tolist()) == classes, name
-        assert set(items["exemplars"].flatten().tolist()) == exemplars, name
-        assert pairs_used(b) == pairs, name
+        for key, value in dm.eval_sets[name].items():
+            assert torch.equal(torch.cat([b[key] for b in batches]), value), (name, key)
 
 
 def test_empty_eval_splits_are_left_out() -> None:
@@ -164,11 +195,12 @@ def test_determinism_and_resumed_stream(dm: FewShotDataModule) -> None:
     assert torch.equal(first["features"], from_zero[0]["features"])
 
 
-def test_probe_batch_is_train_split(dm: FewShotDataModule) -> None:
+def test_probe_and_reference_batches_use_only_training_data(dm: FewShotDataModule, used) -> None:
     probe = dm.probe_batch()
     assert probe["features"].shape == (CFG.probe_size, 2 * K + 1, CFG.feature_dim)
-    assert set(probe["ids"][:, 0::2].flatten().tolist()) <= set(dm.train_classes.tolist())
-    assert pairs_used(probe) <= as_set(dm.train_pairs)
+    for batch in (probe, dm.reference_batch(200)):
+        for key, values in seen(dm, batch).items():
+            assert values <= used["training"][key], key
 
 
 def test_gaussian_features_cluster_by_class() -> None:
