@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from lifelines.statistics import logrank_test
 from scipy.stats import mannwhitneyu, norm, ttest_ind
+from scipy.stats import t as student_t
 
 from ihlab.compare import learning_time_fits, summarize_groups
 from ihlab.compare_stats import (
@@ -180,6 +181,70 @@ def test_compare_samples_values() -> None:
     assert math.isnan(flat["welch_p"]) and "zero variance" in flat["note"]
     same = compare_samples([2.0, 2.0], [2.0, 2.0])
     assert math.isnan(same["mwu_p"]) and "equal" in same["note"]
+
+
+def test_two_against_two_by_hand() -> None:
+    """x = 0, 2 against y = 3, 5: every x below every y, equal variances (2), so Welch's df is 2
+    and the t distribution has a closed form: two-sided p = 1 - |t| / sqrt(2 + t^2)."""
+    result = compare_samples([0.0, 2.0], [3.0, 5.0])
+    t = (1 - 4) / math.sqrt(2 / 2 + 2 / 2)  # -2.1213
+    assert result["mwu_u"] == 0  # no pair with x above y
+    assert result["mwu_p"] == pytest.approx(2 / 6)  # {0, 2} and its mirror {3, 5} of C(4, 2)
+    assert result["mwu_method"] == "exact"
+    assert result["welch_t"] == pytest.approx(t)
+    assert result["welch_p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t**2))  # 0.16795
+    assert result["cohen_d"] == pytest.approx(-3 / math.sqrt(2))  # pooled s.d. sqrt(2)
+    assert result["rank_biserial"] == -1
+
+
+def test_three_against_three_by_hand() -> None:
+    """x = 1, 4, 6 against y = 2, 3, 5: U = 0 + 2 + 3 = 5 pairs with x above y, as close to
+    n_x n_y / 2 = 4.5 as an integer gets, so every split is as extreme: p = 1."""
+    result = compare_samples([1.0, 4.0, 6.0], [2.0, 3.0, 5.0])
+    var_x, var_y = 19 / 3, 7 / 3  # sample variances of x (mean 11/3) and y (mean 10/3)
+    se2 = var_x / 3 + var_y / 3  # 26/9
+    t = (11 / 3 - 10 / 3) / math.sqrt(se2)  # 0.19612
+    df = se2**2 / ((var_x / 3) ** 2 / 2 + (var_y / 3) ** 2 / 2)  # Welch-Satterthwaite: 3.2975
+    assert (result["mwu_u"], result["mwu_p"]) == (5, pytest.approx(1.0))
+    assert result["welch_t"] == pytest.approx(t)
+    assert t == pytest.approx(0.19612, abs=1e-5) and df == pytest.approx(3.2975, abs=1e-4)
+    assert result["welch_p"] == pytest.approx(2 * student_t.sf(t, df))
+    assert result["cohen_d"] == pytest.approx((1 / 3) / math.sqrt((2 * var_x + 2 * var_y) / 4))
+    assert result["rank_biserial"] == pytest.approx(2 * 5 / 9 - 1)
+
+
+def test_mann_whitney_with_ties_by_hand() -> None:
+    """x = 1, 2, 2 against y = 2, 3, 3: U = 0 + 1/2 + 1/2 = 1 (ties count 1/2), |U - 4.5| = 3.5.
+    Of the 20 ways to pick x from the pooled 1, 2, 2, 2, 3, 3, those with U = 1 ({1, 2, 2}: 3
+    ways) or U = 8 ({2, 3, 3}: 3 ways) are as extreme: p = 6/20."""
+    assert mann_whitney(np.array([1.0, 2, 2]), np.array([2.0, 3, 3])) == (
+        1.0,
+        pytest.approx(0.3),
+        "exact permutation",
+    )
+
+
+def test_logrank_by_hand() -> None:
+    """x: learned at 1 and 3; y: learned at 2, censored at 4. Per event time (at risk, x at
+    risk, x's observed minus expected, hypergeometric variance):
+    t=1: 4, 2, 1 - 1/2, 1/4;  t=2: 3, 1, 0 - 1/3, 2/9;  t=3: 2, 1, 1 - 1/2, 1/4.
+    chi2 = (2/3)^2 / (13/18) = 8/13. The other two splits up to mirroring, {1, 2} and {1, 4},
+    give 49/17 and 2/13, so 4 of the 6 splits reach 8/13: p = 2/3."""
+    result = logrank([1, 3], [True, True], [2, 4], [True, False])
+    assert result["logrank_chi2"] == pytest.approx(8 / 13)
+    assert logrank([1, 2], [True, True], [3, 4], [True, False])["logrank_chi2"] == pytest.approx(
+        49 / 17
+    )
+    assert logrank([1, 4], [True, False], [2, 3], [True, True])["logrank_chi2"] == pytest.approx(
+        2 / 13
+    )
+    assert result["logrank_p"] == pytest.approx(4 / 6)
+    assert result["logrank_method"] == "exact permutation"
+    # Tied learning times: at t=1 all 4 runs are at risk and 3 learn (both of x's), so x's
+    # observed minus expected is 2 - 3 x 2/4 = 1/2 and the variance 3 (1/2)(1/2)(4 - 3)/(4 - 1)
+    # = 1/4: chi2 = 1, and every split gives 1 again (p = 1).
+    tied = logrank([1, 1], [True, True], [1, 2], [True, False])
+    assert (tied["logrank_chi2"], tied["logrank_p"]) == (pytest.approx(1.0), pytest.approx(1.0))
 
 
 def run(group: str, seed: int, learned_at: int | None, loss: float) -> dict:
