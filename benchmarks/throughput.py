@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_dir
 from timing import WARMUP, lab_steps_per_sec, median_ratio
 from torch import Tensor, nn
 
+from ihlab.confdir import config_dir
 from ihlab.config import register_configs, to_train_config
 from ihlab.data import make_datamodule
 from ihlab.model import Transformer
-from ihlab.train import config_dir
 
 
 class BareBlock(nn.Module):

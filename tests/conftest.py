@@ -11,8 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ihlab.confdir import config_dir
 from ihlab.config import TrainConfig, register_configs, to_train_config
-from ihlab.train import config_dir, train
+from ihlab.train import train
 
 os.environ.setdefault("WANDB_SILENT", "true")
 register_configs()

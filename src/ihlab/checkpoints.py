@@ -64,6 +64,20 @@ def err_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else 'no detail'}"
 
 
+FAILURE_CHECKPOINT = "on_exception.ckpt"  # the state when an error struck, for inspection
+
+
+def check_resumable(path: str | Path) -> None:
+    """Refuse to resume from the state saved when an error struck: it may be mid-step, and a run
+    resumed from it would evaluate at shifted steps."""
+    if Path(path).name == FAILURE_CHECKPOINT:
+        raise CheckpointError(
+            f"checkpoint {path} holds the state at the moment of a failure, possibly in the "
+            "middle of a step, for inspection only. Fix: resume from a step_*.ckpt, last.ckpt "
+            "or interrupted.ckpt of the run (rerunning the run's command picks the newest)."
+        )
+
+
 def checkpoint_step(path: str | Path) -> int:
     """The optimizer step a Lightning checkpoint was saved at."""
     state = load_checkpoint(path)
@@ -73,10 +87,13 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def latest_checkpoint(folder: Path, below: int | None = None) -> tuple[Path, int] | None:
-    """The readable `*.ckpt` in `folder` with the most optimizer steps (optionally fewer than
-    `below`), with its step; unreadable files are skipped with a warning. None if there is none."""
+    """The readable resumable `*.ckpt` in `folder` with the most optimizer steps (optionally
+    fewer than `below`), with its step; unreadable files are skipped with a warning. None if
+    there is none."""
     best: tuple[Path, int] | None = None
     for path in sorted(folder.glob("*.ckpt")):
+        if path.name == FAILURE_CHECKPOINT:
+            continue
         try:
             step = checkpoint_step(path)
         except CheckpointError as err:

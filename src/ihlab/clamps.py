@@ -36,7 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from ihlab.errors import ConfigError
-from ihlab.sites import HEAD_AXIS, Intervention, SiteHooks, parse_site, site_names
+from ihlab.sites import (
+    HEAD_AXIS,
+    Intervention,
+    SiteHooks,
+    parse_head_key,
+    parse_site,
+    site_names,
+)
 
 PATTERN_SITES = ("attn.pattern",)
 SCORE_NAMES = ("previous_token", "prefix_matching")
@@ -232,18 +239,22 @@ def selected_heads(select: HeadSelect, layer: int) -> list[int]:
     from ihlab.outputs import read_metrics
 
     rows = read_metrics(Path(select.run) / "metrics.csv")
-    prefix = f"heads/{select.score}/L{layer}H"
-    scored = [r for r in rows if any(k.startswith(prefix) for k in r)]
-    if select.step is not None:
-        scored = [r for r in scored if int(r["step"]) == select.step]
+    scored = []
+    for row in rows:
+        heads = {
+            parsed[2]: value
+            for key, value in row.items()
+            if (parsed := parse_head_key(key)) and parsed[:2] == (select.score, layer)
+        }
+        if heads and (select.step is None or int(row["step"]) == select.step):
+            scored.append(heads)
     if not scored:
         at = "any step" if select.step is None else f"step {select.step}"
         raise ConfigError(
             f"select: {select.run} has no {select.score} scores of layer {layer} at {at}. Fix: "
             "choose a step at which the reference run scored heads (trainer.score_every)."
         )
-    row = scored[-1]
-    scores = {int(k[len(prefix) :]): v for k, v in row.items() if k.startswith(prefix)}
+    scores = scored[-1]
     return sorted(sorted(scores, key=lambda h: -scores[h])[: select.top])
 
 

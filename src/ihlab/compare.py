@@ -48,10 +48,10 @@ from ihlab.compare_stats import (
     median_learning_time,
 )
 from ihlab.compare_tables import TEST_COLUMNS, TESTED, write_csv, write_markdown
+from ihlab.confdir import config_dir
 from ihlab.config import register_configs
 from ihlab.outputs import read_metrics
 from ihlab.report import write_report
-from ihlab.train import config_dir
 
 log = logging.getLogger("ihlab.compare")
 

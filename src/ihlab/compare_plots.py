@@ -4,7 +4,6 @@ onsets per seed, head scores."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-HEAD_KEY = re.compile(r"^heads/([^/]+)/L(\d+)H(\d+)$")
+from ihlab.head_grids import draw_head_grid
+from ihlab.sites import parse_head_key
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -129,13 +129,13 @@ def plot_onsets(path: Path, values: Sequence[Mapping[str, Any]], groups: Sequenc
 def final_head_scores(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
     """Score kind -> (layers, heads) grid from the last metrics row with head scores (NaN where a
     head has no score)."""
-    scored = [row for row in rows if any(HEAD_KEY.match(k) for k in row)]
+    scored = [row for row in rows if any(parse_head_key(k) for k in row)]
     if not scored:
         return {}
-    found = [(m, v) for k, v in scored[-1].items() if (m := HEAD_KEY.match(k))]
+    found = [(p, v) for k, v in scored[-1].items() if (p := parse_head_key(k))]
     grids: dict[str, np.ndarray] = {}
-    for kind in dict.fromkeys(m[1] for m, _ in found):
-        cells = [(int(m[2]), int(m[3]), v) for m, v in found if m[1] == kind]
+    for kind in dict.fromkeys(p[0] for p, _ in found):
+        cells = [(p[1], p[2], v) for p, v in found if p[0] == kind]
         grid = np.full((max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1), np.nan)
         for layer, head, v in cells:
             grid[layer, head] = v
@@ -156,7 +156,7 @@ def mean_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
 
 def plot_heads(path: Path, heads: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """heads.png: one column per group, one row per score kind, each cell the group's mean final
-    head scores (layers down, heads across); one colour scale per row."""
+    head scores (layers down, heads across), on the score's whole range (head_grids.py)."""
     groups = [g for g in heads if heads[g]]
     kinds = list(dict.fromkeys(k for g in groups for k in heads[g]))
     if not kinds:
@@ -174,22 +174,13 @@ def plot_heads(path: Path, heads: Mapping[str, Mapping[str, np.ndarray]]) -> Non
         layout="constrained",
     )
     for r, kind in enumerate(kinds):
-        values = np.concatenate([heads[g][kind].ravel() for g in groups if kind in heads[g]])
-        values = values[np.isfinite(values)]
-        low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
-        lim = max(1.0, abs(low), high)
-        vmin, vmax = (-lim, lim) if low < 0 else (0.0, max(1.0, high))
         image = None
         for c, g in enumerate(groups):
             ax = axes[r, c]
             if kind not in heads[g]:
                 ax.axis("off")
                 continue
-            grid = heads[g][kind]
-            image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
-            ax.set_xticks(range(grid.shape[1]))
-            ax.set_yticks(range(grid.shape[0]))
-            ax.set(title=f"{g}: {kind}", xlabel="head", ylabel="layer")
+            image = draw_head_grid(ax, heads[g][kind], kind, f"{g}: {kind}")
         if image is not None:
             fig.colorbar(image, ax=axes[r, :].tolist())
     fig.suptitle("final head scores, mean over each group's runs")

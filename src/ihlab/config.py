@@ -34,6 +34,7 @@ class TrainerConfig:
     devices: int = 1
     precision: str = "32-true"
     eval_every: int = 100  # steps between evaluations of every split
+    eval_at_start: bool = False  # also evaluate the initial model (step 0)
     score_every: int = 100  # steps between per-head scores on the probe batch (0: never)
     log_every: int = 10  # steps between logged training scalars
     checkpoint_every: int = 500  # steps between periodic checkpoints (last.ckpt is always kept)

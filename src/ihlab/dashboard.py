@@ -24,7 +24,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ihlab.train import config_dir
+from ihlab.confdir import config_dir
+from ihlab.sites import head_key_regex
 
 STEP = "trainer/global_step"  # every metric's x-axis (wandb_logging.py)
 GROUP = "Group"  # the W&B run group: <experiment>/<condition>
@@ -78,7 +79,7 @@ def head_panels(config: DashboardConfig) -> list[Any]:
         wr.LinePlot(
             title=f"{score} score of every head",
             x=STEP,
-            metric_regex=f"^heads/{score}/L[0-9]+H[0-9]+$",
+            metric_regex=head_key_regex(score),
             aggregate=False,
         )
         for score in config.head_scores

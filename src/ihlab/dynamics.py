@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,19 @@ def learning_time(steps: Sequence[int], values: Sequence[float], threshold: floa
 
 
 @dataclass
+class Transition:
+    """One drop of a curve: onset, steepest point and end (steps), and its size."""
+
+    onset: int
+    steepest: int
+    end: int
+    drop: float  # smoothed value at onset minus at end
+
+
+@dataclass
 class PhaseChange:
-    """A detected drop of a curve: onset, steepest point and end (steps), or none.
+    """The phase changes of a curve: every transition in step order, and the largest one's onset,
+    steepest point and end as the headline (the fields a single phase change reads from).
 
     `detected` False means the curve has no phase change by the method's criteria (the step fields
     are then None and `reason` says which criterion failed); nothing is invented.
@@ -39,9 +50,10 @@ class PhaseChange:
     onset: int | None = None
     steepest: int | None = None
     end: int | None = None
-    drop: float | None = None  # smoothed value at onset minus at end
+    drop: float | None = None  # the largest transition's drop
     noise: float | None = None  # robust s.d. of the curve around its smoothed version
     reason: str = ""
+    transitions: list[Transition] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +67,7 @@ def detect_phase_change(
     min_noise_ratio: float = 3.0,
     min_range_frac: float = 0.2,
 ) -> PhaseChange:
-    """Find the phase change of a decreasing curve (a loss), robust to noise.
+    """Find the phase changes of a decreasing curve (a loss), robust to noise.
 
     Method ("peak-slope"): smooth the curve with a Gaussian kernel (s.d. `smooth_frac` of the
     points, at least one) and take its rate of decrease per step. Every local peak of the rate is a
@@ -68,7 +80,8 @@ def detect_phase_change(
     - its drop (smoothed value at onset minus at end) exceeds `min_noise_ratio` times the curve's
       noise (median absolute deviation of the raw curve around the smoothed one, as an s.d.) and
       `min_range_frac` of the smoothed curve's whole range, so wiggles are not one.
-    The largest such drop is the phase change. Steps need not be evenly spaced. A curve with a
+    Every candidate that counts is a transition (a curve can pass through several stages); the
+    largest drop is the headline phase change. Steps need not be evenly spaced. A curve with a
     non-finite value (a diverged run) is refused: no phase change is read off it.
     """
     x = np.asarray(steps, dtype=float)
@@ -95,7 +108,7 @@ def detect_phase_change(
         and (i == 0 or rate[i] >= rate[i - 1])
         and (i == len(rate) - 1 or rate[i] > rate[i + 1])
     ]
-    best: PhaseChange | None = None
+    found: list[Transition] = []
     reasons: dict[str, str] = {}
     biggest = 0.0
     for peak in peaks:
@@ -118,18 +131,19 @@ def detect_phase_change(
                 f"{noise:.3g} or {min_range_frac} x range {span:.3g}"
             )
             continue
-        if best is None or drop > (best.drop or 0.0):
-            best = PhaseChange(
-                True,
-                PHASE_CHANGE_METHOD,
-                onset=int(x[onset]),
-                steepest=int(x[peak]),
-                end=int(x[end]),
-                drop=drop,
-                noise=noise,
-            )
-    if best is not None:
-        return best
+        found.append(Transition(int(x[onset]), int(x[peak]), int(x[end]), drop))
+    if found:
+        best = max(found, key=lambda t: t.drop)
+        return PhaseChange(
+            True,
+            PHASE_CHANGE_METHOD,
+            onset=best.onset,
+            steepest=best.steepest,
+            end=best.end,
+            drop=best.drop,
+            noise=noise,
+            transitions=sorted(found, key=lambda t: t.onset),
+        )
     reason = "; ".join(reasons.values()) or "the curve never decreases"
     return PhaseChange(False, PHASE_CHANGE_METHOD, noise=noise, reason=reason)
 

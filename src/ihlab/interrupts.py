@@ -105,9 +105,12 @@ GUARD = SignalGuard()
 
 
 def stop_children(signum: int) -> None:
-    """Send `signum` to every descendant process and wait for them to stop (SIGKILL after
-    CHILD_GRACE_S): a parallel multirun's workers checkpoint and stop with their parent."""
-    children = psutil.Process().children(recursive=True)
+    """Send `signum` to every descendant process of this session and wait for them to stop
+    (SIGKILL after CHILD_GRACE_S): a parallel multirun's workers checkpoint and stop with their
+    parent. Helpers that run in a session of their own (W&B's service) are left alone: they
+    must outlive the run's last words, and they stop by themselves when their parent does."""
+    session = os.getsid(0)
+    children = [p for p in psutil.Process().children(recursive=True) if _session(p) == session]
     for child in children:
         try:
             child.send_signal(signum)
@@ -117,6 +120,13 @@ def stop_children(signum: int) -> None:
     for child in alive:
         log.error("child process %d did not stop within %.0f s: killed", child.pid, CHILD_GRACE_S)
         child.kill()
+
+
+def _session(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:  # gone already
+        return None
 
 
 def exit_as_signalled(signum: int) -> None:

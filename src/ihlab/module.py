@@ -208,7 +208,17 @@ class LabModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.global_step == 0:
+            if self.trainer_cfg.eval_at_start:
+                self.evaluate()
             self.score_heads()
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """An evaluation outside Lightning's schedule (the initial model's, at step 0)."""
+        for index, loader in enumerate(self.trainer.datamodule.val_dataloader()):
+            for batch in loader:
+                self.validation_step({k: v.to(self.device) for k, v in batch.items()}, 0, index)
+        self.on_validation_epoch_end()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer_cfg.score_every

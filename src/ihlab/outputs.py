@@ -19,6 +19,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ihlab.atomic import open_atomic, write_text_atomic
+from ihlab.head_grids import draw_head_grid
+from ihlab.sites import head_key
 
 FIRST_COLUMNS = ("step", "sequences")
 
@@ -160,7 +162,7 @@ def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
     """`heads/{score}/L{layer}H{head}` -> value, for every head of every (layer, head) score map
     (NaN entries, such as layer 0's composition scores, are left out)."""
     return {
-        f"heads/{name}/L{layer}H{head}": float(value)
+        head_key(name, layer, head): float(value)
         for name, grid in scores.items()
         for layer, row in enumerate(grid.tolist())
         for head, value in enumerate(row)
@@ -169,14 +171,10 @@ def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
 
 
 def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
-    """One panel per score: layers down, heads across, values in [0, 1] ([-1, 1] for signed)."""
+    """One panel per score: layers down, heads across (head_grids.py's colour rule)."""
     fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.4), squeeze=False)
     for ax, (name, grid) in zip(axes[0], scores.items(), strict=True):
-        low = -1 if name in ("induction_strength", "copying") else 0
-        image = ax.imshow(grid.cpu().numpy(), vmin=low, vmax=1, cmap="viridis", aspect="auto")
-        ax.set(title=f"{name} (step {step})", xlabel="head", ylabel="layer")
-        ax.set_xticks(range(grid.shape[1]))
-        ax.set_yticks(range(grid.shape[0]))
+        image = draw_head_grid(ax, grid.cpu().numpy(), name, f"{name} (step {step})")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return fig

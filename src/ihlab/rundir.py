@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ihlab.checkpoints import checkpoint_step, latest_checkpoint
+from ihlab.checkpoints import check_resumable, checkpoint_step, latest_checkpoint
 
 LOCK = ".lock"
 REPLACED = ".replaced"
@@ -215,6 +215,7 @@ def plan_run(
                 "Fix: resume from a checkpoint in its run's checkpoints/ folder."
             )
         _check_same_run(source, resolved)
+        check_resumable(ckpt)
         step = checkpoint_step(ckpt)
         if source != run_dir.resolve():
             if entries:

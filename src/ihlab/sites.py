@@ -49,6 +49,35 @@ HEAD_AXIS = {
 }
 EXPLICIT_ATTENTION_SITES = ("attn.scores", "attn.pattern")
 _LAYER_SITE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_HEAD_NAME = re.compile(r"^L(\d+)H(\d+)$")
+_HEAD_KEY = re.compile(r"^heads/([^/]+)/L(\d+)H(\d+)$")
+
+
+def head_name(layer: int, head: int) -> str:
+    """A head as the lab names it everywhere: layer 18, head 6 -> "L18H6"."""
+    return f"L{layer}H{head}"
+
+
+def parse_head_name(name: str) -> tuple[int, int] | None:
+    """"L18H6" -> (18, 6); None if `name` is not a head name."""
+    match = _HEAD_NAME.match(name.strip().upper())
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def head_key(score: str, layer: int, head: int) -> str:
+    """The metric key of one head's score: `heads/<score>/L<layer>H<head>`."""
+    return f"heads/{score}/{head_name(layer, head)}"
+
+
+def parse_head_key(key: str) -> tuple[str, int, int] | None:
+    """`heads/<score>/L<layer>H<head>` -> (score, layer, head); None for any other key."""
+    match = _HEAD_KEY.match(key)
+    return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def head_key_regex(score: str) -> str:
+    """A regular expression matching every head's key of one score (for W&B panels)."""
+    return f"^heads/{re.escape(score)}/L[0-9]+H[0-9]+$"
 
 
 def site_names(n_layers: int, attn_only: bool, pos_embed: bool) -> list[str]:

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ihlab.atomic import write_text_atomic
 from ihlab.checkpoints import (
+    FAILURE_CHECKPOINT,
     AtomicCheckpointIO,
     CheckpointError,
     PeriodicCheckpoint,
@@ -50,6 +51,7 @@ from ihlab.checkpoints import (
     latest_checkpoint,
 )
 from ihlab.clamps import build_clamp_set
+from ihlab.confdir import config_dir
 from ihlab.config import TrainConfig, WandbMode, register_configs, to_train_config
 from ihlab.data import LearningTime, Task, make_datamodule
 from ihlab.dynamics import detect_phase_change, learning_time, per_token_loss_pca
@@ -63,12 +65,6 @@ from ihlab.wandb_logging import make_wandb_logger, wandb_summary
 
 log = logging.getLogger("ihlab.train")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-def config_dir() -> str:
-    """conf/ packaged inside ihlab (wheel installs) or at the repository root (source checkouts)."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
 class CheckpointOnStop(Callback):
@@ -87,7 +83,7 @@ class CheckpointOnStop(Callback):
         if isinstance(err, Interrupted):
             trainer.save_checkpoint(self.folder / "interrupted.ckpt")
         elif not isinstance(err, Diverged) and trainer.state.stage != RunningStage.VALIDATING:
-            trainer.save_checkpoint(self.folder / "on_exception.ckpt")
+            trainer.save_checkpoint(self.folder / FAILURE_CHECKPOINT)
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.Trainer:

@@ -21,9 +21,10 @@ from omegaconf import OmegaConf
 from conftest import compose_config, quiet
 from ihlab.compare import compare, main
 from ihlab.compare_stats import holm
+from ihlab.confdir import config_dir
 from ihlab.config import to_train_config
 from ihlab.outputs import write_summary
-from ihlab.train import config_dir, train
+from ihlab.train import train
 
 SHORT = (
     "experiment=fewshot_fast",

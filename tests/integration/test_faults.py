@@ -381,6 +381,43 @@ def test_resume_from_a_checkpoint_outside_a_run_or_into_a_used_directory_is_refu
         run_in_process(tmp_path / "c", f"ckpt_path={ckpt}")
 
 
+def test_a_failed_run_resumes_from_its_last_checkpoint_not_its_failure_state(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The failure checkpoint may be mid-step: resuming from it would shift the evaluations."""
+    run_in_process(tmp_path / "full", "trainer.checkpoint_every=10")
+    training_step = LabModule.training_step
+
+    def fail_at_33(self, batch, batch_idx):
+        if self.global_step == 33:
+            raise RuntimeError("boom at step 33")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LabModule, "training_step", fail_at_33)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_in_process(tmp_path / "run", "trainer.checkpoint_every=10")
+    monkeypatch.undo()
+    failure = tmp_path / "run" / "checkpoints" / "on_exception.ckpt"
+    assert load_checkpoint(failure)["global_step"] == 33
+    with pytest.raises(CheckpointError, match="for inspection only"):
+        run_in_process(tmp_path / "run", "trainer.checkpoint_every=10", f"ckpt_path={failure}")
+    summary = run_in_process(tmp_path / "run", "trainer.checkpoint_every=10")
+    assert summary["segments"][-1]["from_step"] == 30
+    assert_same_run(tmp_path / "run", tmp_path / "full")
+
+
+def test_a_signal_to_a_wandb_run_ends_it_interrupted_not_failed(tmp_path: Path) -> None:
+    """W&B's service runs in a session of its own and must survive the run's last words."""
+    args = [*CLI[1:], "wandb.mode=offline", "hydra.run.dir=run"]  # the default logger, offline
+    proc = start(args, cwd=tmp_path)
+    wait_for(logged_step(tmp_path / "run", 40), proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary.get("error")
+
+
 # Divergence
 
 

@@ -15,12 +15,13 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, read_offline_wandb
 from dashboard_keys import panel_keys, report_panels, workspace_panels
+from ihlab.confdir import config_dir
 from ihlab.config import to_train_config
 from ihlab.dashboard import DashboardConfig, build_report, build_workspace
 from ihlab.module import LabModule
 from ihlab.outputs import read_metrics
 from ihlab.rundir import flat
-from ihlab.train import config_dir, train
+from ihlab.train import train
 from wandb_records import read_records
 
 TOKENS = (

@@ -7,19 +7,18 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from ihlab.confdir import config_dir
 from ihlab.config import TrainConfig
-from ihlab.data import FewShotConfig, RepeatedTokensConfig
+from ihlab.data import DataConfig
 from ihlab.errors import ConfigError
 from ihlab.optim import OptimConfig, Schedule, lr_factor
-from ihlab.train import config_dir
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 
 
 def test_the_required_experiments_exist() -> None:
-    assert {"induction_2l", "smeared_1l", "plain_1l", "fewshot_singh", "fewshot_fast"} <= set(
-        EXPERIMENTS
-    )
+    required = {"induction_2l", "smeared_1l", "plain_1l", "fewshot_singh", "fewshot_fast"}
+    assert required | {"markov_2l"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -27,7 +26,7 @@ def test_every_experiment_composes_and_validates(make_config, experiment: str) -
     config = make_config(f"experiment={experiment}")
     assert isinstance(config, TrainConfig)
     assert config.name == experiment
-    assert isinstance(config.data, RepeatedTokensConfig | FewShotConfig)
+    assert isinstance(config.data, DataConfig)
 
 
 def test_default_is_induction_2l_with_wandb_offline() -> None:

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dashboard_keys import panel_keys, report_panels, workspace_panels
+from ihlab.confdir import config_dir
 from ihlab.dashboard import DashboardConfig, build_report, build_workspace
-from ihlab.train import config_dir
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from ihlab.data.stream import fixed_loader, stream_loader
 from ihlab.metrics.heads import prefix_matching_score, previous_token_score
@@ -96,8 +96,9 @@ class SplitMetrics(torch.nn.Module):
         return {"per_token_loss": self.examples.compute()}
 
     def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
 
 
 class Task(L.LightningDataModule, ABC):

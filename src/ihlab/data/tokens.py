@@ -14,7 +14,8 @@ from ihlab.metrics.loss_profile import PositionalLoss
 
 @dataclass
 class TokenDataConfig(DataConfig):
-    """Sizes every next-token family shares, and the ICL score's target positions."""
+    """Sizes every next-token family shares, and the ICL score's target positions. A family's
+    config adds `seq_len` (a field or a property): tokens per sequence."""
 
     batch_size: int = 64
     eval_size: int = 512
@@ -23,10 +24,6 @@ class TokenDataConfig(DataConfig):
     # Target positions of the ICL score (loss late minus loss early); None: the family's default.
     icl_early: int | None = None
     icl_late: int | None = None
-
-    @property
-    def seq_len(self) -> int:
-        raise NotImplementedError
 
     @property
     def model_positions(self) -> int:
