@@ -17,7 +17,6 @@ import math
 from typing import Any
 
 import lightning as L
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from ihlab.data.base import Batch, SplitMetrics, Task
 from ihlab.metrics.circuits import composition_scores, copying_score
 from ihlab.model import ModelConfig, Transformer, shape_state
 from ihlab.optim import OptimConfig, build_optimizer, lr_factor
-from ihlab.outputs import StepTable, log_head_scores, loss_by_position_figure
+from ihlab.outputs import StepTable, log_head_scores, loss_by_position_image
 from ihlab.sites import SiteHooks
 
 log = logging.getLogger("ihlab.module")
@@ -197,12 +196,11 @@ class LabModule(L.LightningModule):
             return
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
-                steps = sorted(table.rows)
-                fig = loss_by_position_figure(
-                    np.array(steps), np.array([table.rows[s] for s in steps])
+                image = loss_by_position_image(
+                    np.array([table.rows[s] for s in sorted(table.rows)])
                 )
-                logger.log_image("eval/loss_by_position", [fig], step=step)
-                plt.close(fig)
+                caption = f"loss by position: steps {min(table.rows)}-{step} down, positions across"
+                logger.log_image("eval/loss_by_position", [image], step=step, caption=[caption])
 
     # head scores
 

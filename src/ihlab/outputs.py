@@ -1,4 +1,5 @@
-"""A run's outputs: `metrics.csv`, `summary.json`, and the W&B run (DESIGN.md output contract)."""
+"""A run's outputs: `metrics.csv`, the per-evaluation tables, `summary.json`, and what goes to the
+W&B run (the output contract in the README)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ihlab.atomic import open_atomic, write_text_atomic
-from ihlab.head_grids import draw_head_grid
+from ihlab.head_grids import colour, heads_image
 from ihlab.sites import head_key
 
 FIRST_COLUMNS = ("step", "sequences")
@@ -123,15 +120,11 @@ def read_step_table(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     return data[:, 0].astype(int), header[1:], data[:, 1:]
 
 
-def loss_by_position_figure(steps: np.ndarray, losses: np.ndarray) -> plt.Figure:
-    """Olsson et al.'s picture: per-token loss over (training step x context position)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    extent = (0, losses.shape[1] - 1, float(steps[-1]), float(steps[0]))
-    image = ax.imshow(losses, aspect="auto", cmap="magma", extent=extent)
-    ax.set(xlabel="context position (target)", ylabel="optimizer step", title="loss by position")
-    fig.colorbar(image, ax=ax, label="loss (nats)")
-    fig.tight_layout()
-    return fig
+def loss_by_position_image(losses: np.ndarray) -> np.ndarray:
+    """Olsson et al.'s picture as an RGB image, coloured straight from the array: per-token loss
+    over (training step down x context position across), magma from 0 to the largest loss."""
+    top = float(np.nanmax(losses)) if np.isfinite(losses).any() else 1.0
+    return colour(losses, 0.0, max(top, 1e-9), "magma").repeat(4, axis=0).repeat(4, axis=1)
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -170,27 +163,18 @@ def head_scalars(scores: Mapping[str, Tensor]) -> dict[str, float]:
     }
 
 
-def heatmap_figure(scores: Mapping[str, Tensor], step: int) -> plt.Figure:
-    """One panel per score: layers down, heads across (head_grids.py's colour rule)."""
-    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.4), squeeze=False)
-    for ax, (name, grid) in zip(axes[0], scores.items(), strict=True):
-        image = draw_head_grid(ax, grid.cpu().numpy(), name, f"{name} (step {step})")
-        fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    return fig
-
-
 def log_head_scores(
     loggers: Iterable[Logger], scores: Mapping[str, Tensor], step: int, prefix: str = ""
 ) -> None:
-    """Per-head scalars to every logger, and the heatmap image to W&B (keys start with prefix)."""
+    """Per-head scalars to every logger, and the heatmap image to W&B (keys start with prefix):
+    every score's (layers x heads) grid side by side, in the order of `scores`."""
     scalars = {prefix + k: v for k, v in head_scalars(scores).items()}
     for logger in loggers:
         logger.log_metrics(scalars, step=step)
         if isinstance(logger, WandbLogger):
-            fig = heatmap_figure(scores, step)
-            logger.log_image(f"{prefix}heads/heatmap", [fig], step=step)
-            plt.close(fig)
+            image = heads_image({k: v.cpu().numpy() for k, v in scores.items()})
+            caption = f"step {step}; layers down, heads across: {', '.join(scores)}"
+            logger.log_image(f"{prefix}heads/heatmap", [image], step=step, caption=[caption])
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> None:

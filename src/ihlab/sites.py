@@ -1,6 +1,6 @@
 """Named activation sites: one vocabulary for the model, clamps, metrics and the probe.
 
-Names follow TransformerLens's hook points (DESIGN.md):
+Names follow TransformerLens's hook points:
 
     embed, pos_embed, blocks.{l}.resid_pre, blocks.{l}.attn.{q,k,v}, blocks.{l}.attn.scores,
     blocks.{l}.attn.pattern, blocks.{l}.attn.z, blocks.{l}.attn.out, blocks.{l}.mlp.out,
