@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -89,8 +90,9 @@ def test_a_noisy_planted_transition_is_found_within_a_few_evaluations(
 def test_a_flat_noisy_curve_has_none(seed: int, noise: float) -> None:
     rng = np.random.default_rng(seed)
     found = detect_phase_change(STEPS, 0.69 + noise * rng.standard_normal(len(STEPS)))
-    assert not found.detected and found.onset is None and found.steepest is None
-    assert found.reason
+    assert found.detected is False and found.onset is None and found.steepest is None
+    assert found.reason and found.method == "peak-slope"
+    assert found.noise == pytest.approx(noise, rel=0.25)  # the robust s.d. is reported
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -118,6 +120,62 @@ def test_too_short_or_rising_curves_say_why() -> None:
     assert not rising.detected and "never decreases" in rising.reason
 
 
+def test_eight_points_are_enough_and_seven_are_not() -> None:
+    """A step from 1 to 0 halfway: with 8 evaluations the drop is found around the step."""
+    seven = detect_phase_change(range(0, 700, 100), [1.0] * 3 + [0.0] * 4)
+    assert seven.detected is False and seven.reason == "only 7 points"
+    eight = detect_phase_change(range(0, 800, 100), [1.0] * 4 + [0.0] * 4)
+    assert eight.detected and eight.onset < 300 < 400 == eight.steepest < eight.end
+    assert eight.drop == pytest.approx(1.0, abs=0.02)
+
+
+def test_lengths_must_match() -> None:
+    with pytest.raises(ValueError, match=r"steps \(3\) and values \(2\) differ in length"):
+        detect_phase_change([0, 1, 2], [1.0, 0.5])
+    with pytest.raises(ValueError, match=r"steps \(3\) and values \(2\) differ in length"):
+        learning_time([0, 1, 2], [1.0, 0.5], 0.1)
+
+
+def test_shifting_or_scaling_the_curve_moves_no_step() -> None:
+    """Every criterion is relative (to the curve's noise and range), so a constant offset or a
+    positive scale changes the drop (scaled) and nothing else."""
+    curve = planted(4500, 150, 0.02, 0)
+    base = detect_phase_change(STEPS, curve)
+    for shifted_curve, scale in ((curve + 10.0, 1.0), (3.0 * curve, 3.0), (0.01 * curve, 0.01)):
+        found = detect_phase_change(STEPS, shifted_curve)
+        assert (found.onset, found.steepest, found.end) == (base.onset, base.steepest, base.end)
+        assert found.drop == pytest.approx(scale * base.drop)
+        assert found.noise == pytest.approx(scale * base.noise)
+
+
+def test_unevenly_spaced_steps_use_the_rate_per_step() -> None:
+    """Evaluations every 50 steps, every 10 from step 5000 to 7000: the steepest point of a
+    sigmoid centred at 5000 is still found at 5000 (a rate per evaluation would put it earlier,
+    where evaluations are sparser)."""
+    steps = np.r_[0:5000:50, 5000:7000:10, 7000:10001:50]
+    curve = 0.04 + 0.65 / (1 + np.exp((steps - 5000) / 300)) + 0.8 * np.exp(-steps / 200)
+    found = detect_phase_change(steps, curve)
+    assert found.detected and abs(found.steepest - 5000) <= 20
+
+
+def test_a_drop_counts_only_above_3_noise_and_20_percent_of_the_range() -> None:
+    flat = np.full(len(STEPS), 0.7) + 0.1 / (1 + np.exp((STEPS - 5000) / 150))  # a 0.1 drop
+    noise = [np.random.default_rng(seed).standard_normal(len(STEPS)) for seed in (4, 3)]
+    below = detect_phase_change(STEPS, flat + 0.03 * noise[0])  # drop 2.8 x noise: none
+    assert not below.detected
+    assert re.fullmatch(r"every drop \(at most 0\.07\d+\) is below 3\.0 x noise .*", below.reason)
+    above = detect_phase_change(STEPS, flat + 0.03 * noise[1])  # drop 3.7 x noise: found
+    assert above.detected and 3 < above.drop / above.noise < 4
+    assert abs(above.steepest - 5000) <= 200
+    # After a fast start (range ~1.8), a 0.3 drop is under 20% of the range, a 0.6 one is not.
+    start = 2.0 * np.exp(-STEPS / 200) + 0.7 + 0.005 * noise[0]
+    for size, counts in ((0.3, False), (0.6, True)):
+        found = detect_phase_change(STEPS, start + size / (1 + np.exp((STEPS - 5000) / 150)))
+        assert found.detected is counts, found.reason
+        if not counts:
+            assert "every drop (at most 0.2" in found.reason and "0.2 x range 1.8" in found.reason
+
+
 def test_a_curve_with_non_finite_values_is_refused_and_a_drop_at_the_end_not_invented() -> None:
     curve = planted(4500, 150, 0.02, 0)
     assert detect_phase_change(STEPS, curve).detected
@@ -128,7 +186,12 @@ def test_a_curve_with_non_finite_values_is_refused_and_a_drop_at_the_end_not_inv
         assert not found.detected and found.onset is None
         assert found.reason == "the curve has non-finite values (steps 3500, 7000)"
     late = planted(HORIZON - 50, 150, 0.0, 0)
-    assert not detect_phase_change(STEPS, late).detected
+    found = detect_phase_change(STEPS, late)
+    assert not found.detected and "still falling steeply at the last step" in found.reason
+    broken = curve.copy()
+    broken[[10, 20, 30, 40, 50, 60]] = np.nan  # six bad steps: the first five are named
+    found = detect_phase_change(STEPS, broken)
+    assert found.reason == "the curve has non-finite values (steps 500, 1000, 1500, 2000, 2500)"
 
 
 def test_learning_time_is_the_first_step_below_threshold() -> None:
@@ -143,12 +206,15 @@ def test_learning_time_is_the_first_step_below_threshold() -> None:
     assert learning_time([0, 10, 20], [1.0, 0.1, math.inf], 0.25) == 10  # learned, then broke
 
 
-def test_per_token_loss_pca_recovers_a_planar_trajectory() -> None:
+@pytest.mark.parametrize("start", [0, 6])
+def test_per_token_loss_pca_recovers_a_planar_trajectory(start: int) -> None:
+    """Whichever checkpoint comes first (start 6: the trajectory begins at its middle, where
+    the raw SVD gives positive coordinates), the first row ends with non-positive ones."""
     from ihlab.dynamics import per_token_loss_pca
 
     rng = np.random.default_rng(0)
     v1, v2 = np.linalg.qr(rng.standard_normal((50, 2)))[0].T  # orthonormal directions
-    t = np.linspace(0, 1, 12)
+    t = np.roll(np.linspace(0, 1, 12), -start)
     a, b = 3 * t, np.where(t > 0.5, 2 * (t - 0.5), 0.0)  # a trajectory with a turn at t = 0.5
     losses = 2.0 + np.outer(a, v1) + np.outer(b, v2)  # (checkpoints, examples)
     coords, explained = per_token_loss_pca(losses)
@@ -173,3 +239,16 @@ def test_example_loss_takes_one_fixed_position_per_example_in_order() -> None:
     metric.reset()
     metric.update(torch.ones(2))  # one loss per sequence (few-shot queries)
     assert metric.compute().tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_per_token_loss_pca_of_flat_or_tiny_losses() -> None:
+    from ihlab.dynamics import per_token_loss_pca
+
+    coords, explained = per_token_loss_pca(np.full((5, 8), 0.7))  # no variance at all
+    assert np.array_equal(coords, np.zeros((5, 2))) and explained.tolist() == [0.0, 0.0]
+    tiny = 1e-3 * np.outer(np.arange(5.0), np.ones(8))  # all variance on one line, total < 1
+    coords, explained = per_token_loss_pca(tiny)
+    assert explained.tolist() == pytest.approx([1.0, 0.0], abs=1e-9)
+    assert np.abs(coords[:, 0]).tolist() == pytest.approx(
+        (1e-3 * np.sqrt(8) * np.abs(np.arange(5.0) - 2)).tolist()
+    )
