@@ -61,7 +61,9 @@ def test_clamped_heads_show_the_clamp_inside_its_window_only(run_training, tmp_p
 
 
 def test_graft_from_a_finished_runs_checkpoint(run_training, tmp_path: Path) -> None:
-    run_training(*FEWSHOT, *SHORT, name="source")
+    """Grafting the source's logits makes every evaluation of the grafted run the source's final
+    one, whatever the grafted model's own weights (they get no gradient through the graft)."""
+    source = run_training(*FEWSHOT, *SHORT, name="source")
     checkpoint = tmp_path / "source" / "checkpoints" / "last.ckpt"
     summary = run_training(
         *FEWSHOT,
@@ -71,6 +73,22 @@ def test_graft_from_a_finished_runs_checkpoint(run_training, tmp_path: Path) -> 
         name="grafted",
     )
     assert summary["condition"] == "graft" and summary["status"] == "completed"
+    grafted = run_training(
+        *FEWSHOT,
+        *SHORT,
+        "clamp=graft",
+        f"clamps.graft.checkpoint={checkpoint}",
+        "clamps.graft.site=logits",
+        name="logits",
+    )
+    rows = [r for r in read_metrics(tmp_path / "logits" / "metrics.csv") if "eval/train/loss" in r]
+    assert [int(r["step"]) for r in rows] == [20, 40]
+    for split in ("train", "heldout_pairs", "heldout_exemplars", "unseen_classes"):
+        final = source["final"][f"eval/{split}/loss"]  # the source at step 40, its checkpoint
+        assert final != pytest.approx(summary["final"][f"eval/{split}/loss"], rel=1e-3)
+        for row in rows:
+            assert row[f"eval/{split}/loss"] == pytest.approx(final, rel=1e-6), split
+    assert grafted["final"]["eval/train/acc"] == source["final"]["eval/train/acc"]
 
 
 @pytest.mark.parametrize(
