@@ -11,8 +11,10 @@ import lightning as L
 
 from ihlab.config import TrainConfig
 from ihlab.data import make_datamodule
+from ihlab.members import MemberData
+from ihlab.module import Member
 from ihlab.outputs import MetricsCSV
-from ihlab.train import build_run, build_trainer
+from ihlab.train import build_module, build_trainer
 
 WARMUP = 20
 
@@ -34,11 +36,12 @@ def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
     config.trainer.eval_every = steps + 1  # training steps only
     config.trainer.score_every = 0
     task = make_datamodule(config.data, config.seed)
-    module, _ = build_run(config, task, out)
-    trainer = build_trainer(config, out, [MetricsCSV(out / "metrics.csv", config.data.batch_size)])
+    csv = MetricsCSV(out / "metrics.csv", config.data.batch_size)
+    module = build_module(config, [Member(config.seed, task, [csv])])
+    trainer = build_trainer(config, out)
     timer = StepTimer()
     trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=task)
+    trainer.fit(module, datamodule=MemberData([task]))
     return timer.steps_per_sec
 
 

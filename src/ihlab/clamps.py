@@ -260,11 +260,13 @@ def selected_heads(select: HeadSelect, layer: int) -> list[int]:
 
 @dataclass
 class ClampContext:
-    """What a value may depend on: the model inputs, the few-shot target, the current step."""
+    """What a value may depend on: the model inputs, the few-shot target, the current step, and
+    the mean clamps' reference inputs (None: the ClampSet's own)."""
 
     inputs: dict[str, Tensor]
     target: Tensor | None
     step: int
+    reference: dict[str, Tensor] | None = None
 
 
 # Hand-built values: (value, entries it defines) for a site of this shape.
@@ -456,11 +458,16 @@ class ClampSet:
         return self
 
     def hooks(
-        self, model: nn.Module, ctx: ClampContext, cache: Sequence[str] = ()
+        self,
+        model: nn.Module,
+        ctx: ClampContext,
+        cache: Sequence[str] = (),
+        forward: Callable[[dict[str, Tensor], SiteHooks], Tensor] | None = None,
     ) -> SiteHooks | None:
         """Hooks of the clamped forward at ctx.step (None: nothing active and nothing cached).
 
-        Pass-based clamps run their auxiliary forwards of `model` here, before returning.
+        Pass-based clamps run their auxiliary forwards here, before returning, through `forward`
+        (default: `model` itself; an ensemble passes one member's functional forward).
         """
         active = [c for c in self.clamps if c.active(ctx.step)]
         if not active:
@@ -480,24 +487,30 @@ class ClampSet:
         final = direct_hooks([*cache, *([EMBEDDINGS] if multipass else [])])
         for c in active:
             if c.needs_pass:
-                for site, fn in self._pass_interventions(c, model, ctx, direct_hooks, final):
+                run = forward if forward is not None else model
+                passes = self._pass_interventions(
+                    c, len(model.blocks), run, ctx, direct_hooks, final
+                )
+                for site, fn in passes:
                     final.add_intervention(site, fn)
         return final
 
     def _pass_interventions(
         self,
         c: Clamp,
-        model: nn.Module,
+        n_layers: int,
+        model: Callable[[dict[str, Tensor], SiteHooks], Tensor],
         ctx: ClampContext,
         direct_hooks: Callable[[Sequence[str]], SiteHooks],
         final: SiteHooks,
     ) -> list[tuple[str, Intervention]]:
         """Run a pass-based clamp's auxiliary pass; return its final-pass interventions."""
-        later = range((c.layer or 0) + 1, len(model.blocks))
+        later = range((c.layer or 0) + 1, n_layers)
         if c.kind == ValueKind.mean:
-            assert self.reference is not None
+            reference = ctx.reference if ctx.reference is not None else self.reference
+            assert reference is not None
             hooks = direct_hooks([c.site])
-            model(self.reference, hooks)
+            model(reference, hooks)
             return [(c.site, c.with_value(hooks.cache[c.site].mean(dim=0, keepdim=True)))]
         if c.kind == ValueKind.graft:
             hooks = SiteHooks(cache=[c.site])

@@ -105,6 +105,9 @@ class TrainConfig:
     # Condition within the experiment; conf/train.yaml derives it from the clamp names.
     condition: str = "baseline"
     seed: int = 0
+    # A seed ensemble: these seeds trained as one batched computation, each writing the run
+    # directory its single run would (members.py). None: one run of `seed`.
+    seeds: list[int] | None = None
     ckpt_path: str | None = None  # resume from this checkpoint (in its own run directory)
     resume: ResumeMode = ResumeMode.auto  # what a start in a directory holding this run does
     replace: bool = False  # move whatever the run directory holds aside, then start fresh
@@ -121,10 +124,16 @@ class TrainConfig:
                 f"data must come from a data config (data={'|'.join(sorted(FAMILY_NAMES))}), "
                 f"got {type(self.data).__name__}."
             )
-        if not 0 <= self.seed <= MAX_SEED:
+        for key, seed in [("seed", self.seed), *(("seeds", s) for s in self.seeds or [])]:
+            if not 0 <= seed <= MAX_SEED:
+                raise ConfigError(
+                    f"{key}: {seed} must be between 0 and {MAX_SEED} (numpy's seed range; "
+                    "Lightning would silently replace anything else by 0)."
+                )
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ConfigError(
-                f"seed={self.seed} must be between 0 and {MAX_SEED} (numpy's seed range; "
-                "Lightning would silently replace anything else by 0)."
+                f"seeds={self.seeds} must list distinct seeds, at least one. Fix: e.g. "
+                "seeds=[0,1,2,3], or seed=3 for one run."
             )
         check_clamps(self.clamps, self.model, self.data)
 
@@ -142,6 +151,20 @@ def clamp_condition(clamps: DictConfig) -> str:
     return "+".join(str(name) for name in clamps) or "baseline"
 
 
+def seed_tag(seed: int, seeds: list[int] | None) -> str:
+    """The seed part of a run directory's name: "s3", or for an ensemble "s0-7" (a range) or
+    "s0+2+5"."""
+    if not seeds:
+        return f"s{seed}"
+    listed = [int(s) for s in seeds]
+    consecutive = listed == list(range(listed[0], listed[0] + len(listed)))
+    return (
+        f"s{listed[0]}-{listed[-1]}"
+        if consecutive and len(listed) > 1
+        else "s" + "+".join(map(str, listed))
+    )
+
+
 def run_dir_of(ckpt_path: str | None, new_dir: str) -> str:
     """The run directory of a run: with `ckpt_path` inside `<run>/checkpoints/`, that run's
     directory (a resume continues in place), else `new_dir`."""
@@ -156,6 +179,7 @@ def register_configs() -> None:
     """Put the schemas where the YAML files in conf/ find them; register the config resolvers."""
     OmegaConf.register_new_resolver("clamp_condition", clamp_condition, replace=True)
     OmegaConf.register_new_resolver("ihlab_run_dir", run_dir_of, replace=True)
+    OmegaConf.register_new_resolver("ihlab_seed_tag", seed_tag, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, schema in FAMILY_NAMES.items():

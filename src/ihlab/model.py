@@ -8,8 +8,11 @@ and Olsson et al.'s smeared keys. With no site requested the attention takes PyT
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -102,6 +105,20 @@ class Rotary(nn.Module):
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+_FUSED = contextvars.ContextVar("ihlab_fused_attention", default=True)
+
+
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """Every layer takes the explicit attention path inside this block (vmap over a member axis:
+    PyTorch's fused attention kernel has no batching rule)."""
+    token = _FUSED.set(False)
+    try:
+        yield
+    finally:
+        _FUSED.reset(token)
+
+
 @functools.lru_cache(maxsize=16)
 def future_mask(n: int, device: torch.device) -> Tensor:
     """(query, key) True where the key lies in the query's future."""
@@ -136,7 +153,7 @@ class Attention(nn.Module):
         q = hooks(f"{p}.q", q)  # (batch, pos, head, d_head)
         k = hooks(f"{p}.k", k)  # (batch, pos, head, d_head)
         v = hooks(f"{p}.v", v)  # (batch, pos, head, d_head)
-        if hooks.explicit_attention(self.layer):
+        if hooks.explicit_attention(self.layer) or not _FUSED.get():
             qh, kh = q.transpose(1, 2), k.transpose(1, 2)  # (batch, head, pos, d_head)
             scores = (qh @ kh.transpose(-1, -2)) / math.sqrt(self.d_head)  # (b, head, q, k)
             future = future_mask(n, x.device)  # (query, key)
@@ -258,10 +275,11 @@ def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
     return ModelConfig(**model), ModelIO(**state["io"])
 
 
-def load_lab_model(checkpoint: str) -> Transformer:
+def load_lab_model(checkpoint: str, member: int = 0) -> Transformer:
     """The model of an `ihlab-train` checkpoint (its shape is stored beside the weights), in eval
-    mode, loaded without arbitrary unpickling; ValueError (`CheckpointError`) for a file that is
-    unreadable, unsafe, or not written by ihlab-train."""
+    mode, loaded without arbitrary unpickling; `member` picks a seed of an ensemble job's
+    checkpoint. ValueError (`CheckpointError`) for a file that is unreadable, unsafe, or not
+    written by ihlab-train."""
     from ihlab.checkpoints import CheckpointError, load_checkpoint
 
     state = load_checkpoint(checkpoint)
@@ -270,7 +288,20 @@ def load_lab_model(checkpoint: str) -> Transformer:
             f"{checkpoint} was not written by ihlab-train (no model config in it)."
         )
     model = Transformer(*from_shape_state(state["ihlab_model"]))
-    prefix = "model."
-    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    stacked = {
+        k[len("params.") :]: v for k, v in state["state_dict"].items() if k.startswith("params.")
+    }
+    if stacked:  # parameters on a member axis (members.py)
+        n_members = next(iter(stacked.values())).shape[0]
+        if not 0 <= member < n_members:
+            raise CheckpointError(
+                f"{checkpoint} holds {n_members} members; member {member} is not one."
+            )
+        weights = {key.replace("__", "."): value[member] for key, value in stacked.items()}
+    else:  # one model's parameters under "model."
+        prefix = "model."
+        weights = {
+            k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)
+        }
     model.load_state_dict(weights)
     return model.eval()

@@ -33,6 +33,8 @@ from ihlab.checkpoints import check_resumable, checkpoint_step, latest_checkpoin
 
 LOCK = ".lock"
 REPLACED = ".replaced"
+SUMMARY = "summary.json"  # a run's record
+JOB_RECORD = "ensemble.json"  # an ensemble job's record (its members are runs inside it)
 HISTORY = ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv")
 FINISHED = ("completed", "diverged")
 # Keys that may change when a run is resumed: they do not change its numbers.
@@ -97,10 +99,10 @@ class RunPlan:
     replaced: Path | None = None  # where earlier contents were moved
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """summary.json as a dict; None if absent or unreadable."""
+def read_summary(run_dir: Path, record: str = SUMMARY) -> dict[str, Any] | None:
+    """A run's summary.json (or a job's record) as a dict; None if absent or unreadable."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / record).read_text())
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
@@ -197,9 +199,11 @@ def plan_run(
     replace: bool,
     ckpt_path: str | None,
     max_steps: int,
+    record: str = SUMMARY,
 ) -> RunPlan:
     """What starting the run with config `resolved` in `run_dir` means (see the module doc).
-    Call it holding the directory's `RunLock`; it moves and copies files as the plan says."""
+    `record` is the file that says how the run ended (an ensemble job's: JOB_RECORD). Call it
+    holding the directory's `RunLock`; it moves and copies files as the plan says."""
     plan = RunPlan()
     entries = contents(run_dir)
     if entries and replace:
@@ -225,7 +229,7 @@ def plan_run(
                     shutil.copy2(source / name, run_dir / name)
             plan.history_from = source
         else:
-            plan.previous = read_summary(run_dir)
+            plan.previous = read_summary(run_dir, record)
         plan.checkpoint = ckpt
         _check_history(run_dir, step)
         return plan
@@ -234,7 +238,7 @@ def plan_run(
     if resume == "never":
         raise _refuse(run_dir, "already holds a run and resume=never")
     _check_same_run(run_dir, resolved)
-    summary = read_summary(run_dir)
+    summary = read_summary(run_dir, record)
     status = summary.get("status") if summary else None
     if summary and status in FINISHED and (status == "diverged" or summary["steps"] >= max_steps):
         plan.done = summary

@@ -21,12 +21,14 @@ skips the finished jobs and resumes the rest.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
 import signal
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,10 @@ from ihlab.data import LearningTime, Task, make_datamodule
 from ihlab.dynamics import detect_phase_change, learning_time, per_token_loss_pca
 from ihlab.errors import ConfigError
 from ihlab.interrupts import GUARD, Interrupted, StopOnSignal, exit_as_signalled
-from ihlab.module import Diverged, LabModule
+from ihlab.members import MemberData
+from ihlab.module import Diverged, LabModule, Member
 from ihlab.outputs import MetricsCSV, StepTable, read_metrics, read_step_table, write_summary
-from ihlab.rundir import RunDirError, RunLock, RunPlan, contents, plan_run
-from ihlab.seeding import derive_seed
+from ihlab.rundir import JOB_RECORD, SUMMARY, RunDirError, RunLock, RunPlan, contents, plan_run
 from ihlab.wandb_logging import make_wandb_logger, wandb_summary
 
 log = logging.getLogger("ihlab.train")
@@ -86,7 +88,8 @@ class CheckpointOnStop(Callback):
             trainer.save_checkpoint(self.folder / FAILURE_CHECKPOINT)
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.Trainer:
+def build_trainer(config: TrainConfig, run_dir: Path) -> L.Trainer:
+    """The Lightning trainer of a job (its members log through their own loggers)."""
     t = config.trainer
     callbacks: list[Any] = [
         StopOnSignal(t.eval_every),
@@ -114,7 +117,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, loggers: list[Any]) -> L.T
         enable_checkpointing=False,  # PeriodicCheckpoint saves them
         callbacks=callbacks,
         plugins=plugins,
-        logger=loggers,
+        logger=False,
         default_root_dir=run_dir,
     )
 
@@ -243,6 +246,7 @@ def train(
             replace=config.replace,
             ckpt_path=config.ckpt_path,
             max_steps=config.trainer.max_steps,
+            record=JOB_RECORD if config.seeds else SUMMARY,
         )
         if plan.done is not None:
             log.info(
@@ -255,6 +259,31 @@ def train(
             return plan.done
         with run_log(run_dir):
             return _train(config, run_dir, resolved, plan, hydra_files or {})
+
+
+@dataclass
+class MemberRun:
+    """Where one seed of a job writes: for a single run the job's own directory, for an
+    ensemble one directory per seed inside the job's, each with the single run's config."""
+
+    seed: int
+    config: TrainConfig
+    run_dir: Path
+    resolved: dict[str, Any]
+
+
+def member_runs(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> list[MemberRun]:
+    if not config.seeds:
+        return [MemberRun(config.seed, config, run_dir, resolved)]
+    return [
+        MemberRun(
+            seed,
+            dataclasses.replace(config, seed=seed, seeds=None),
+            run_dir / f"{config.condition}_s{seed}",
+            {**resolved, "seed": seed, "seeds": None},
+        )
+        for seed in config.seeds
+    ]
 
 
 def _train(
@@ -271,33 +300,37 @@ def _train(
         for name, text in hydra_files.items():
             write_text_atomic(run_dir / ".hydra" / name, text)
     write_text_atomic(run_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(resolved))
+    runs = member_runs(config, run_dir, resolved)
+    ensemble = len(runs) > 1
     start_step = checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0
     status, stop, error = "completed", {}, None
     trainer: L.Trainer | None = None
-    task: Task | None = None
-    loggers: list[Any] = []
-    saved: list[MetricsCSV | StepTable] = []
+    members: list[Member] = []
     fit_seconds = math.nan
     try:
-        task = make_datamodule(config.data, config.seed)
-        module, tables = build_run(config, task, run_dir)
-        csv_logger = MetricsCSV(run_dir / "metrics.csv", config.data.batch_size)
-        saved = [csv_logger, *tables.values()]
-        if plan.checkpoint is not None:  # the rows after the checkpoint are redone
-            for table in saved:
-                table.truncate_after(start_step)
-        log.info("%s %s in %s", "resuming" if start_step else "starting", config.run_name, run_dir)
-        loggers = [csv_logger]
-        if config.wandb.mode != WandbMode.disabled:
-            loggers.append(make_wandb_logger(config, run_dir, resolved))
-        trainer = build_trainer(config, run_dir, loggers)
+        for run in runs:
+            if ensemble:
+                write_text_atomic(
+                    run.run_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(run.resolved)
+                )
+            members.append(make_member(run, plan, start_step, ensemble))
+        what = f"{len(runs)} seeds of " if ensemble else ""
+        log.info(
+            "%s %s%s in %s",
+            "resuming" if start_step else "starting",
+            what,
+            config.run_name,
+            run_dir,
+        )
+        module = build_module(config, members)
+        trainer = build_trainer(config, run_dir)
         fit_started = time.perf_counter()
         ckpt = str(plan.checkpoint) if plan.checkpoint is not None else None
-        trainer.fit(module, datamodule=task, ckpt_path=ckpt, weights_only=True)
+        data = MemberData([m.task for m in members])
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
-    except Diverged as err:
+    except Diverged as err:  # every member diverged
         status = "diverged"
-        stop = {"divergence": divergence_record(run_dir / "checkpoints", err)}
         log.error("diverged: %s", err)
     except Interrupted as err:
         status, error = "interrupted", err
@@ -307,33 +340,133 @@ def _train(
         stop = {"error": f"{type(err).__name__}: {err}"}
         log.exception("run failed")
     finally:
-        for table in saved:
-            table.save()
+        for member in members:
+            for logger in member.loggers[:1]:
+                logger.save()
+            for table in member.tables.values():
+                table.save()
     step = trainer.global_step if trainer is not None else start_step
-    learning = task.learning_time() if task is not None else None
-    summary = finish(config, run_dir, step, learning, status, stop, plan, started, start_step)
-    summary["steps_per_sec"] = (step - start_step) / fit_seconds
-    for logger in loggers[1:]:  # W&B
-        logger.experiment.summary.update(wandb_summary(summary))
-        logger.experiment.finish(exit_code=0 if status == "completed" else 1)
-    write_summary(run_dir / "summary.json", summary)
+    summaries = []
+    for index, run in enumerate(runs):
+        member = members[index] if index < len(members) else None
+        summaries.append(
+            finish_member(
+                run,
+                member,
+                status,
+                stop,
+                plan,
+                step,
+                start_step,
+                started,
+                fit_seconds,
+                config.seeds,
+            )
+        )
+    result = summaries[0]
+    if ensemble:
+        result = job_record(
+            config, run_dir, summaries, status, stop, plan, step, start_step, started
+        )
     if error is not None:
         raise error
+    return result
+
+
+def job_record(
+    config: TrainConfig,
+    run_dir: Path,
+    summaries: list[dict[str, Any]],
+    status: str,
+    stop: dict[str, Any],
+    plan: RunPlan,
+    step: int,
+    start_step: int,
+    started: float,
+) -> dict[str, Any]:
+    """An ensemble job's own record, `ensemble.json` (not summary.json: the job directory is not
+    a run, so ihlab-compare looks inside it for its members' run directories)."""
+    segment = {
+        "from_step": start_step,
+        "to_step": step,
+        "status": status,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    segments = [*(plan.previous or {}).get("segments", []), segment]
+    record = {
+        "name": config.name,
+        "condition": config.condition,
+        "seeds": config.seeds,
+        "status": status,
+        **stop,
+        "steps": step,
+        "members": [
+            {"seed": s["seed"], "run_dir": s["run_dir"], "status": s["status"]} for s in summaries
+        ],
+        "resumed_from": str(plan.checkpoint) if plan.checkpoint is not None else None,
+        "segments": segments,
+        "wall_time_s": sum(seg["wall_time_s"] for seg in segments),
+    }
+    write_summary(run_dir / JOB_RECORD, record)
+    return record
+
+
+def make_member(run: MemberRun, plan: RunPlan, start_step: int, ensemble: bool) -> Member:
+    """A seed's task, loggers and tables; on a resume its rows after the checkpoint are dropped
+    (they are redone)."""
+    cfg = run.config
+    task = make_datamodule(cfg.data, run.seed)
+    tables = run_tables(task, run.run_dir)
+    csv_logger = MetricsCSV(run.run_dir / "metrics.csv", cfg.data.batch_size)
+    if plan.checkpoint is not None:
+        for table in [csv_logger, *tables.values()]:
+            table.truncate_after(start_step)
+    loggers: list[Any] = [csv_logger]
+    if cfg.wandb.mode != WandbMode.disabled:
+        loggers.append(make_wandb_logger(cfg, run.run_dir, run.resolved))
+    checkpoints = run.run_dir / "checkpoints" if ensemble else None
+    return Member(run.seed, task, loggers, tables, checkpoints)
+
+
+def finish_member(
+    run: MemberRun,
+    member: Member | None,
+    status: str,
+    stop: dict[str, Any],
+    plan: RunPlan,
+    step: int,
+    start_step: int,
+    started: float,
+    fit_seconds: float,
+    job_seeds: list[int] | None,
+) -> dict[str, Any]:
+    """A seed's summary.json (its own status if it diverged), and its W&B run closed."""
+    ensemble = job_seeds is not None
+    diverged = member.diverged if member is not None else None
+    if diverged is not None:  # its checkpoints from then on are quarantined
+        status, step = "diverged", diverged.step
+        stop = {"divergence": divergence_record(run.run_dir / "checkpoints", diverged)}
+    learning = member.task.learning_time() if member is not None else None
+    summary = finish(
+        run.config, run.run_dir, step, learning, status, stop, plan, started, start_step
+    )
+    summary["steps_per_sec"] = (step - start_step) / fit_seconds
+    if ensemble:
+        summary["ensemble"] = {"job_dir": str(run.run_dir.parent), "seeds": job_seeds}
+    for logger in member.loggers[1:] if member is not None else []:  # W&B
+        logger.experiment.summary.update(wandb_summary(summary))
+        logger.experiment.finish(exit_code=0 if status == "completed" else 1)
+    write_summary(run.run_dir / "summary.json", summary)
     return summary
 
 
-def build_run(
-    config: TrainConfig, task: Task, run_dir: Path
-) -> tuple[LabModule, dict[str, StepTable]]:
-    """The seeded module of a run and its per-evaluation tables: the one way to build them."""
+def build_module(config: TrainConfig, members: list[Member]) -> LabModule:
+    """The seeded module of a job's members: the one way to build it."""
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    clamps = build_clamp_set(config.clamps, config.model, task.io)
-    tables = run_tables(task, run_dir)
-    torch.manual_seed(derive_seed(config.seed, "init"))
-    module = LabModule(config.model, config.optim, config.trainer, task, clamps, tables)
-    return module, tables
+    clamps = build_clamp_set(config.clamps, config.model, members[0].task.io)
+    return LabModule(config.model, config.optim, config.trainer, members, clamps)
 
 
 def divergence_record(folder: Path, err: Diverged) -> dict[str, Any]:

@@ -450,7 +450,7 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path: Path, monkeypatch) -> N
     def poison_at_33(self, batch, batch_idx):
         if self.global_step == 33:
             with torch.no_grad():
-                self.model.unembed.weight[0, 0] = float("nan")
+                self.params["unembed__weight"][0, 0, 0] = float("nan")
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(LabModule, "training_step", poison_at_33)
