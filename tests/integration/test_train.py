@@ -166,29 +166,38 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: Path) -> None:
+    """README: the repeated-segment loss leaves ln 64 at ~400 steps and is below 10% of it by
+    ~900 while the first segment stays at ln 64; the best layer-1 prefix matching rises 0.04 ->
+    0.6 and the best layer-0 previous-token score 0.06 -> 0.5. Margins for seed and platform noise
+    are stated beside each threshold, with what seed 0 measured."""
     summary = run_training("experiment=induction_2l")
     ln_vocab = math.log(64)
-    final = summary["final"]
-    assert final["eval/loss_repeat"] < 0.1 * ln_vocab
-    assert final["eval/loss_first"] > 0.9 * ln_vocab
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    first_eval = next(r for r in rows if "eval/loss_repeat" in r)
-    assert first_eval["eval/loss_repeat"] > 0.5 * ln_vocab  # it had to be learned
-    learned_at = summary["learning_time"]["step"]
-    assert learned_at is not None
-    phase = summary["phase_change"]  # measured: onset 350, steepest 500, end 750; learned 900
-    assert phase["detected"] and 0 < phase["onset"] < phase["steepest"] < phase["end"] <= learned_at
+    repeat = [(int(r["step"]), r["eval/loss_repeat"]) for r in rows if "eval/loss_repeat" in r]
+    first = [r["eval/loss_first"] for r in rows if "eval/loss_first" in r]
+    assert all(v > 0.85 * ln_vocab for step, v in repeat if step <= 300)  # measured >= 3.70
+    learned_at = next(step for step, v in repeat if v < 0.1 * ln_vocab)  # recomputed
+    assert summary["learning_time"]["step"] == learned_at
+    assert abs(learned_at - 900) <= 150  # measured: 900
+    assert repeat[-1][1] < 0.1 * ln_vocab  # measured: 0.328
+    assert all(abs(v - ln_vocab) < 0.15 for v in first)  # measured: 4.16-4.26
+    phase = summary["phase_change"]  # leaves ln 64 at ~400: measured onset 350, steepest 500
+    assert phase["detected"] and abs(phase["onset"] - 400) <= 100
+    assert phase["onset"] < phase["steepest"] < phase["end"] <= learned_at  # end: 750
 
     def best(row: dict, score: str) -> float:
         return max(v for k, v in row.items() if k.startswith(f"heads/{score}"))
 
-    # Layer-1 heads become induction heads, layer-0 heads previous-token heads (from ~1/n at init).
-    assert best(rows[0], "prefix_matching/L1") < 0.1
-    assert best(rows[-1], "prefix_matching/L1") > 0.3
-    assert best(rows[-1], "previous_token/L0") > 0.5
-    # The strongest layer-1 induction head copies: Olsson et al.'s eigenvalue score > 0 (measured:
-    # L1H3 prefix matching 0.58, copying +0.36; L1H2 0.52, +0.98; L1H0 0.04, -1.0).
-    induction = max(
-        (k for k in rows[-1] if k.startswith("heads/prefix_matching/L1")), key=rows[-1].get
-    )
-    assert rows[-1][induction.replace("prefix_matching", "copying")] > 0
+    # Layer-1 heads become induction heads, layer-0 heads previous-token heads.
+    assert rows[0]["step"] == 0
+    assert best(rows[0], "prefix_matching/L1") < 0.04 + 0.02  # measured: 0.042
+    assert best(rows[-1], "prefix_matching/L1") >= 0.6 - 0.1  # measured: 0.58
+    assert best(rows[0], "previous_token/L0") < 0.06 + 0.02  # measured: 0.060
+    assert best(rows[-1], "previous_token/L0") >= 0.5 - 0.1  # measured: 0.51
+    # Every layer-1 induction head copies: Olsson et al.'s eigenvalue score > 0 (measured: L1H3
+    # prefix matching 0.58, copying +0.36; L1H2 0.52, +0.98; L1H1 0.51, +0.74; L1H0 0.04, -1.0).
+    prefix = "heads/prefix_matching/L1"
+    induction = [k for k, v in rows[-1].items() if k.startswith(prefix) and v > 0.3]
+    assert len(induction) >= 2  # measured: 3 of 4
+    for key in induction:
+        assert rows[-1][key.replace("prefix_matching", "copying")] > 0, key
