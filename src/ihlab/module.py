@@ -126,11 +126,15 @@ class LabModule(L.LightningModule):
         return self.trainer.datamodule
 
     def setup(self, stage: str) -> None:
-        self.probe = self.data.probe_batch()
+        self.prepare(self.data)
+
+    def prepare(self, data: MemberData) -> None:
+        """Take the members' fixed batches: the probe batch and the mean clamps' reference."""
+        self.probe = data.probe_batch()
         means = [c.cfg.reference_size for c in self.clamps.clamps if c.kind == ValueKind.mean]
         self.reference: Batch | None = None  # the mean clamps' reference inputs, (member, ...)
         if means:
-            batch = self.data.reference_batch(max(means))
+            batch = data.reference_batch(max(means))
             inputs = [
                 m.task.model_inputs(member_batch(batch, k)) for k, m in enumerate(self.members)
             ]

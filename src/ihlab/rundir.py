@@ -22,7 +22,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,9 +200,11 @@ def plan_run(
     ckpt_path: str | None,
     max_steps: int,
     record: str = SUMMARY,
+    members: Sequence[str] = ("",),
 ) -> RunPlan:
     """What starting the run with config `resolved` in `run_dir` means (see the module doc).
-    `record` is the file that says how the run ended (an ensemble job's: JOB_RECORD). Call it
+    `record` is the file that says how the run ended, `members` the folders (inside `run_dir`)
+    holding its runs' histories: for an ensemble job JOB_RECORD and one folder per seed. Call it
     holding the directory's `RunLock`; it moves and copies files as the plan says."""
     plan = RunPlan()
     entries = contents(run_dir)
@@ -224,14 +226,16 @@ def plan_run(
         if source != run_dir.resolve():
             if entries:
                 raise _refuse(run_dir, f"is not empty, so {source}'s history cannot be copied in")
-            for name in HISTORY:
-                if (source / name).is_file():
-                    shutil.copy2(source / name, run_dir / name)
+            for member in members:
+                (run_dir / member).mkdir(parents=True, exist_ok=True)
+                for name in HISTORY:
+                    if (source / member / name).is_file():
+                        shutil.copy2(source / member / name, run_dir / member / name)
             plan.history_from = source
         else:
             plan.previous = read_summary(run_dir, record)
         plan.checkpoint = ckpt
-        _check_history(run_dir, step)
+        _check_history([run_dir / m for m in members], step)
         return plan
     if not entries:
         return plan
@@ -248,18 +252,17 @@ def plan_run(
         plan.replaced = move_aside(run_dir, entries)
         return plan
     plan.checkpoint, plan.previous = found[0], summary
-    _check_history(run_dir, found[1])
+    _check_history([run_dir / m for m in members], found[1])
     return plan
 
 
-def _check_history(run_dir: Path, step: int) -> None:
-    """A resume needs the run's metrics up to the checkpoint's step, or its summary would not
+def _check_history(run_dirs: Sequence[Path], step: int) -> None:
+    """A resume needs every run's metrics up to the checkpoint's step, or its summary would not
     cover the whole run."""
-    path = run_dir / "metrics.csv"
-    if step == 0:
-        return
-    if not path.is_file():
-        raise RunDirError(
-            f"cannot resume {run_dir} at step {step}: its metrics.csv is missing, so the summary "
-            "could not cover the whole run. Fix: restore the file, or start over (replace=true)."
-        )
+    for run_dir in run_dirs if step else []:
+        if not (run_dir / "metrics.csv").is_file():
+            raise RunDirError(
+                f"cannot resume {run_dir} at step {step}: its metrics.csv is missing, so the "
+                "summary could not cover the whole run. Fix: restore the file, or start over "
+                "(replace=true)."
+            )

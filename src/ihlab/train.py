@@ -238,6 +238,7 @@ def train(
     failed run (its summary written); a diverged run returns its summary.
     """
     run_dir = Path(run_dir)
+    runs = member_runs(config, run_dir, resolved)
     with RunLock(run_dir), GUARD.deferring():
         plan = plan_run(
             run_dir,
@@ -247,6 +248,7 @@ def train(
             ckpt_path=config.ckpt_path,
             max_steps=config.trainer.max_steps,
             record=JOB_RECORD if config.seeds else SUMMARY,
+            members=[str(r.run_dir.relative_to(run_dir)) for r in runs],
         )
         if plan.done is not None:
             log.info(
@@ -258,7 +260,7 @@ def train(
             )
             return plan.done
         with run_log(run_dir):
-            return _train(config, run_dir, resolved, plan, hydra_files or {})
+            return _train(config, run_dir, resolved, runs, plan, hydra_files or {})
 
 
 @dataclass
@@ -290,6 +292,7 @@ def _train(
     config: TrainConfig,
     run_dir: Path,
     resolved: dict[str, Any],
+    runs: list[MemberRun],
     plan: RunPlan,
     hydra_files: Mapping[str, str],
 ) -> dict[str, Any]:
@@ -300,7 +303,6 @@ def _train(
         for name, text in hydra_files.items():
             write_text_atomic(run_dir / ".hydra" / name, text)
     write_text_atomic(run_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(resolved))
-    runs = member_runs(config, run_dir, resolved)
     ensemble = len(runs) > 1
     start_step = checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0
     status, stop, error = "completed", {}, None

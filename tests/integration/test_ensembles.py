@@ -1,0 +1,236 @@
+"""Seed ensembles: every member is its single run.
+
+Members' numbers are compared with their single runs within float tolerance, not bit for bit: an
+ensemble computes every member's forward under vmap with the explicit attention path, a single
+run with PyTorch's fused attention, so float32 sums run in different orders (last-bit
+differences, ~1e-7 relative per step) which a short Adam run amplifies mildly. Measured: 3e-7 on
+token and 7e-6 (on a value of 3e-3) on clamped few-shot runs after 100 steps; the tests allow
+rtol 1e-4 and atol 1e-5 on metrics, atol 1e-4 on weights (Adam's normalized step can turn the
+last-bit noise of a near-zero gradient into a weight difference of ~1e-5). Within one code path
+(an ensemble and its own resume) results are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config, quiet
+from ihlab.compare import compare
+from ihlab.config import to_train_config
+from ihlab.data import make_datamodule
+from ihlab.interrupts import Interrupted
+from ihlab.members import MemberData, member_batch
+from ihlab.model import load_lab_model, shape_state
+from ihlab.module import LabModule, Member
+from ihlab.outputs import read_metrics, read_step_table
+from ihlab.train import build_module, train
+
+SHORT = ("trainer.max_steps=80", "trainer.eval_every=20", "trainer.score_every=40")
+FEWSHOT = ("experiment=fewshot_fast", "data.eval_size=100", "data.n_train_classes=100")
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def run(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    cfg = compose_config(quiet(["trainer.threads=1", *overrides]))
+    return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
+def assert_close_runs(member: Path, single: Path) -> None:
+    """Every metrics.csv value (and table row) of a member equals its single run's."""
+    a = {int(r["step"]): r for r in read_metrics(member / "metrics.csv")}
+    b = {int(r["step"]): r for r in read_metrics(single / "metrics.csv")}
+    assert list(a) == list(b)
+    for step in a:
+        assert a[step].keys() == b[step].keys(), step
+        for key, value in a[step].items():
+            assert value == pytest.approx(b[step][key], rel=RTOL, abs=ATOL), (step, key)
+    for table in ("per_token_loss.csv", "loss_by_position.csv"):
+        if (single / table).exists():
+            mine, theirs = read_step_table(member / table), read_step_table(single / table)
+            assert (mine[0] == theirs[0]).all()
+            assert torch.allclose(torch.tensor(mine[2]), torch.tensor(theirs[2]), RTOL, ATOL)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        (*FEWSHOT, "clamp=[prev_token,match]", "trainer.eval_unclamped=true"),
+    ],
+    ids=["tokens", "clamped_fewshot"],
+)
+def test_each_member_matches_its_single_run(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    job = run(tmp_path / "job", *SHORT, *overrides, "seeds=[0,1,2]")
+    assert job["status"] == "completed" and job["seeds"] == [0, 1, 2]
+    for seed in (0, 1, 2):
+        single = run(tmp_path / f"single_{seed}", *SHORT, *overrides, f"seed={seed}")
+        (member,) = [m for m in job["members"] if m["seed"] == seed]
+        member_dir = Path(member["run_dir"])
+        summary = json.loads((member_dir / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["status"] == "completed"
+        assert summary["learning_time"] == single["learning_time"]
+        assert summary["phase_change"]["detected"] == single["phase_change"]["detected"]
+        assert_close_runs(member_dir, tmp_path / f"single_{seed}")
+        resolved = OmegaConf.load(member_dir / ".hydra" / "resolved.yaml")
+        assert resolved.seed == seed and resolved.seeds is None  # its single run's config
+        weights = load_lab_model(str(member_dir / "checkpoints" / "last.ckpt")).state_dict()
+        own = load_lab_model(str(tmp_path / f"single_{seed}" / "checkpoints" / "last.ckpt"))
+        for name, value in own.state_dict().items():  # Adam's normalized step turns last-bit
+            assert torch.allclose(weights[name], value, RTOL, 1e-4), name  # gradient noise of
+            # near-zero components into weight differences up to ~1e-5 (measured 1.6e-5)
+
+
+def test_compare_reads_the_members_of_an_ensemble_job(tmp_path: Path) -> None:
+    run(tmp_path / "job", *SHORT, "trainer.max_steps=40", "seeds=[3,4]")
+    result = compare([tmp_path / "job"], out=tmp_path / "report")
+    assert sorted(v["seed"] for v in result["runs"]) == [3, 4]
+    assert result["rows"][0]["n_runs"] == 2
+
+
+def interrupt_at(step: int, fn):
+    training_step = LabModule.training_step
+
+    def signal_at(self, batch, batch_idx):
+        if self.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_idx)
+
+    LabModule.training_step = signal_at
+    try:
+        return fn()
+    finally:
+        LabModule.training_step = training_step
+
+
+def test_a_killed_ensemble_resumes_every_member_identically(tmp_path: Path) -> None:
+    args = (*SHORT, "trainer.checkpoint_every=30", "seeds=[0,1]")
+    run(tmp_path / "full", *args)
+    with pytest.raises(Interrupted):
+        interrupt_at(49, lambda: run(tmp_path / "cut", *args))
+    record = json.loads((tmp_path / "cut" / "ensemble.json").read_text())
+    assert record["status"] == "interrupted" and record["steps"] == 50
+    for member in ("baseline_s0", "baseline_s1"):
+        summary = json.loads((tmp_path / "cut" / member / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+    resumed = run(tmp_path / "cut", *args)
+    assert resumed["status"] == "completed"
+    assert [s["status"] for s in resumed["segments"]] == ["interrupted", "completed"]
+    for member in ("baseline_s0", "baseline_s1"):
+        for name in ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv"):
+            cut = (tmp_path / "cut" / member / name).read_bytes()
+            assert cut == (tmp_path / "full" / member / name).read_bytes(), (member, name)
+        segments = json.loads((tmp_path / "cut" / member / "summary.json").read_text())["segments"]
+        assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 50), (50, 80)]
+
+
+def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch) -> None:
+    training_step = LabModule.training_step
+
+    def poison_member_1(self, batch, batch_idx):
+        if self.global_step == 25:
+            with torch.no_grad():
+                self.params["unembed__weight"][1, 0, 0] = float("nan")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LabModule, "training_step", poison_member_1)
+    job = run(tmp_path / "job", *SHORT, "trainer.checkpoint_every=10", "seeds=[0,1]")
+    monkeypatch.undo()
+    assert job["status"] == "completed"
+    assert [m["status"] for m in job["members"]] == ["completed", "diverged"]
+    bad = json.loads((tmp_path / "job" / "baseline_s1" / "summary.json").read_text())
+    assert bad["divergence"]["step"] == 25 and bad["steps"] == 25
+    assert bad["learning_time"]["step"] is None and not bad["phase_change"]["detected"]
+    rows = read_metrics(tmp_path / "job" / "baseline_s1" / "metrics.csv")
+    assert max(r["step"] for r in rows) == 20  # nothing logged after it diverged
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    kept = [
+        load_lab_model(str(p)) for p in (tmp_path / "job/baseline_s1/checkpoints").glob("*.ckpt")
+    ]
+    assert kept and all(torch.isfinite(p).all() for m in kept for p in m.parameters())
+    single = run(tmp_path / "single_0", *SHORT, "trainer.checkpoint_every=10", "seed=0")
+    assert single["status"] == "completed"
+    assert_close_runs(tmp_path / "job" / "baseline_s0", tmp_path / "single_0")
+
+
+CLAMPED_CONFIGS = {
+    "zero": ["clamp=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.heads=[1]"],
+    "mean": ["clamp=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.value=mean"],
+    "prev_token": ["clamp=prev_token"],
+    "match_copy": ["clamp=match_copy"],
+    "multipass": ["clamp=subcircuit_a"],
+    "single_head": ["clamp=single_head"],
+    "pattern_preserving": [
+        "clamp=custom",
+        "clamps.custom.site=blocks.0.attn.z",
+        "clamps.custom.heads=[0]",
+        "clamps.custom.value=pattern_preserving",
+    ],
+}
+
+
+@pytest.mark.parametrize("clamp", list(CLAMPED_CONFIGS), ids=list(CLAMPED_CONFIGS))
+@pytest.mark.parametrize(
+    "model", ["model=singh_2l", "model=mlp_2l model.positional=rope", "model.smeared_keys=true"]
+)
+def test_every_clamp_and_model_gives_each_member_its_own_forward(clamp: str, model: str) -> None:
+    """The forward of a 3-member job on stacked batches equals each seed's own forward (one
+    member), for clamp values that need passes, hand-built ones, MLPs, RoPE and smeared keys."""
+    overrides = quiet([*FEWSHOT, *model.split(), *CLAMPED_CONFIGS[clamp]])
+    config = to_train_config(compose_config(overrides))
+    seeds = [0, 1, 2]
+    tasks = [make_datamodule(config.data, s) for s in seeds]
+    job = prepared(build_module(config, [Member(s, t) for s, t in zip(seeds, tasks, strict=True)]))
+    batch = MemberData(tasks).train_batch(3)
+    names = ("blocks.1.attn.pattern",)
+    logits, cache = job.run(batch, cache=names)
+    for k, seed in enumerate(seeds):
+        alone = prepared(build_module(config, [Member(seed, tasks[k])]))
+        own, own_cache = alone.run(MemberData([tasks[k]]).train_batch(3), cache=names)
+        assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(cache[names[0]][k], own_cache[names[0]][0], rtol=1e-4, atol=1e-5)
+        assert torch.equal(member_batch(batch, k)["labels"], tasks[k].train_batch(3)["labels"])
+
+
+def prepared(module: LabModule) -> LabModule:
+    """A module set up as fit would (its probe batch, its mean clamps' reference)."""
+    module.prepare(MemberData([m.task for m in module.members]))
+    return module
+
+
+@pytest.mark.parametrize("clamp", ["graft", "induction"])
+def test_grafts_and_token_clamps_give_each_member_its_own_forward(
+    tmp_path: Path, clamp: str
+) -> None:
+    donor = tmp_path / "donor.ckpt"
+    extra = ["clamp=induction"]
+    if clamp == "graft":
+        extra = ["clamp=graft", f"clamps.graft.checkpoint={donor}"]
+        base = to_train_config(compose_config(quiet(["experiment=induction_2l"])))
+        task = make_datamodule(base.data, 7)
+        module = build_module(base, [Member(7, task)])
+        torch.save(
+            {
+                "global_step": 0,
+                "ihlab_model": shape_state(base.model, task.io),
+                "state_dict": {f"params.{k}": v.detach() for k, v in module.params.items()},
+            },
+            donor,
+        )
+    config = to_train_config(compose_config(quiet(["experiment=induction_2l", *extra])))
+    seeds = [0, 1, 2]
+    tasks = [make_datamodule(config.data, s) for s in seeds]
+    job = prepared(build_module(config, [Member(s, t) for s, t in zip(seeds, tasks, strict=True)]))
+    logits, _ = job.run(MemberData(tasks).train_batch(2))
+    for k, seed in enumerate(seeds):
+        alone = prepared(build_module(config, [Member(seed, tasks[k])]))
+        own, _ = alone.run(MemberData([tasks[k]]).train_batch(2))
+        assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
