@@ -38,6 +38,7 @@ def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, An
         config=resolved,
         id=previous_run_id(run_dir),
         resume="allow",
+        reinit="create_new",  # an ensemble job logs one W&B run per seed, side by side
     )
     run = logger.experiment
     write_text_atomic(run_dir / RUN_ID, run.id + "\n")

@@ -87,3 +87,26 @@ def test_bad_config_fails_before_training_naming_the_key(
     assert expected in result.stderr
     assert not list(tmp_path.glob("outputs/**/checkpoints"))
     assert not list(tmp_path.glob("outputs/**/metrics.csv"))
+
+
+def test_a_multirun_of_ensemble_jobs_splits_seeds_over_parallel_workers(tmp_path: Path) -> None:
+    """Two conditions x 2 seeds in one job each, and 4 seeds split over two parallel jobs."""
+    result = ihlab_train(["-m", "clamp=none,prev_token", "seeds=[0,1]", *QUICK], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_baseline_s0-1", "1_prev_token_s0-1"]
+    for job, condition in zip(jobs, ("baseline", "prev_token"), strict=True):
+        record = json.loads((sweep / job / "ensemble.json").read_text())
+        assert record["status"] == "completed" and record["seeds"] == [0, 1]
+        for seed in (0, 1):
+            summary = json.loads(
+                (sweep / job / f"{condition}_s{seed}" / "summary.json").read_text()
+            )
+            assert summary["seed"] == seed and summary["condition"] == condition
+    split = ["-m", "launcher=parallel", "seeds=[0,1],[2,3]", *QUICK, "hydra.sweep.dir=split"]
+    result = ihlab_train(split, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    done = sorted(p.parent.name + "/" + p.name for p in (tmp_path / "split").glob("*/*_s*"))
+    jobs = {0: "0_baseline_s0-1", 1: "0_baseline_s0-1", 2: "1_baseline_s2-3", 3: "1_baseline_s2-3"}
+    assert done == [f"{job}/baseline_s{seed}" for seed, job in jobs.items()]

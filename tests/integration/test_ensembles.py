@@ -23,7 +23,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, quiet
+from conftest import compose_config, quiet, read_offline_wandb
 from ihlab.compare import compare
 from ihlab.config import to_train_config
 from ihlab.data import make_datamodule
@@ -234,3 +234,28 @@ def test_grafts_and_token_clamps_give_each_member_its_own_forward(
         alone = prepared(build_module(config, [Member(seed, tasks[k])]))
         own, _ = alone.run(MemberData([tasks[k]]).train_batch(2))
         assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
+
+
+def test_each_member_logs_its_own_wandb_run(tmp_path: Path) -> None:
+    overrides = ["trainer.progress_bar=false", "trainer.threads=1", *SHORT]
+    cfg = compose_config([*overrides, "trainer.max_steps=40", "seeds=[0,1]"])
+    train(to_train_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True))
+    ids = set()
+    for seed in (0, 1):
+        member = tmp_path / f"baseline_s{seed}"
+        record = read_offline_wandb(member)
+        assert record["run"].display_name == f"induction_2l-baseline-s{seed}"
+        assert record["run"].run_group == "induction_2l/baseline"
+        logged = {
+            row["trainer/global_step"]: row["eval/loss"]
+            for row in record["history"]
+            if "eval/loss" in row
+        }
+        rows = {
+            r["step"]: r["eval/loss"]
+            for r in read_metrics(member / "metrics.csv")
+            if "eval/loss" in r
+        }
+        assert logged == pytest.approx(rows)  # this member's numbers, not the other's
+        ids.add(record["run"].run_id)
+    assert len(ids) == 2
