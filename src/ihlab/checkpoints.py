@@ -40,7 +40,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines()]
-        unsafe = next((line for line in lines if line.startswith("Unsupported global")), None)
+        # torch words this "Unsupported global: GLOBAL x" or "... unsupported GLOBAL x whose
+        # module x is blocked", depending on what the weights-only unpickler refused.
+        unsafe = next((line for line in lines if "unsupported global" in line.lower()), None)
         if unsafe is None:  # not a pickle torch understands at all
             message = f"checkpoint {path} is corrupt or truncated (not a torch checkpoint)."
             raise CheckpointError(message) from None

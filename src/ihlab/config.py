@@ -126,8 +126,9 @@ class TrainConfig:
             )
         for key, seed in [("seed", self.seed), *(("seeds", s) for s in self.seeds or [])]:
             if not 0 <= seed <= MAX_SEED:
+                where = f"seed={seed}" if key == "seed" else f"seeds={self.seeds}: {seed}"
                 raise ConfigError(
-                    f"{key}: {seed} must be between 0 and {MAX_SEED} (numpy's seed range; "
+                    f"{where} must be between 0 and {MAX_SEED} (numpy's seed range; "
                     "Lightning would silently replace anything else by 0)."
                 )
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):

@@ -106,7 +106,8 @@ def test_a_resumed_run_continues_its_wandb_run(resumed: Path) -> None:
     assert runs[0].run_id == runs[1].run_id == run_id
     assert runs[1].display_name == "induction_2l-baseline-s0"
     summary = json.loads((resumed / "summary.json").read_text())
-    assert [(s["from_step"], s["to_step"]) for s in summary["segments"]] == [(0, 30), (30, 60)]
+    # a failure's own checkpoint is never resumed: the rerun goes on from the step-20 checkpoint
+    assert [(s["from_step"], s["to_step"]) for s in summary["segments"]] == [(0, 30), (20, 60)]
     csv_evals = [int(r["step"]) for r in read_metrics(resumed / "metrics.csv") if "eval/loss" in r]
     # the W&B run holds each evaluation once: before the failure, then from the resume on
     assert eval_steps(first) == [20]
