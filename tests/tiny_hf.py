@@ -22,6 +22,15 @@ class TinyTokenizer:
         return VOCAB
 
 
+class CharTokenizer(TinyTokenizer):
+    """Characters as tokens (ids 2-291), for scoring prompts on tiny models."""
+
+    pad_token_id = 1
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [2 + ord(c) % 290 for c in text]}
+
+
 def tiny(arch: str) -> LoadedModel:
     """A 2-layer random model of `arch`; Llama and Qwen2 with grouped-query attention."""
     register()

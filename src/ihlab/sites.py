@@ -59,7 +59,7 @@ def head_name(layer: int, head: int) -> str:
 
 
 def parse_head_name(name: str) -> tuple[int, int] | None:
-    """"L18H6" -> (18, 6); None if `name` is not a head name."""
+    """ "L18H6" -> (18, 6); None if `name` is not a head name."""
     match = _HEAD_NAME.match(name.strip().upper())
     return (int(match.group(1)), int(match.group(2))) if match else None
 

@@ -1,5 +1,6 @@
-"""Interventions on tiny random HF models: zero ablation changes exactly the head's contribution,
-GQA siblings are untouched, knockout masks only the selected heads and pairs, batching is exact."""
+"""Interventions and scoring on tiny random HF models: zero ablation changes exactly the head's
+contribution, GQA siblings are untouched, knockout masks only the selected heads and pairs and
+differs from ablation where it must, batching and shared lower layers are exact."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import math
 import pytest
 import torch
 
+from ihlab.errors import ConfigError
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.evaluate import Condition, score_prompts
+from ihlab.probe.evaluate import Condition, prompt_rows, score_conditions
 from ihlab.probe.heads import attention_modules, output_projection, repeated_token_batch
 from ihlab.probe.interventions import (
     ablation_state,
+    check_heads,
     knockout_mask,
     knockout_state,
-    parse_heads,
+    parse_head,
     random_heads,
     top_heads,
 )
+from ihlab.probe.layers import capturing, decoder_layers, starting_at
 from ihlab.probe.tasks import make_prompts
-from tiny_hf import PROTOCOL, tiny
+from tiny_hf import ARCHS, PROTOCOL, CharTokenizer, tiny
 
 
 def run(loaded, tokens, state: ProbeState) -> ProbeState:
@@ -91,31 +95,131 @@ def test_head_selection_top_percent_and_matched_random_control() -> None:
     assert not {(0, 1), (2, 3), (2, 4)} & set(control)
     assert control == random_heads([(0, 1), (2, 3), (2, 4)], n_heads=10, seed=0)
     assert control != random_heads([(0, 1), (2, 3), (2, 4)], n_heads=10, seed=1)
-    assert parse_heads(["L1H2", "l3h0"], 4, 10) == [(1, 2), (3, 0)]
-    with pytest.raises(ValueError, match="L9H0 does not exist"):
-        parse_heads(["L9H0"], 4, 10)
+    assert [parse_head("L1H2"), parse_head("l3h0")] == [(1, 2), (3, 0)]
+    with pytest.raises(ConfigError, match=r"select\.heads: head 'H2L1': write heads as L<layer>"):
+        parse_head("H2L1")
+    with pytest.raises(ConfigError, match=r"x: head L9H0 does not exist: the model has 4 layers"):
+        check_heads([(1, 2), (9, 0)], 4, 10, "x")
 
 
-class CharTokenizer:
-    """Characters as tokens, for scoring tests on tiny models."""
-
-    bos_token_id, pad_token_id = 1, 0
-    all_special_ids = (0, 1)
-
-    def __len__(self) -> int:
-        return 292
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [2 + ord(c) % 290 for c in text]}
+def scored_prompts() -> list:
+    """Wordseq1 (2-way) and wordseq1_4way prompts of different lengths."""
+    return make_prompts("wordseq1", 1, n_prompts=4, seed=0) + make_prompts(
+        "wordseq1_4way", 1, n_prompts=2, seed=0
+    )
 
 
 def test_batched_left_padded_scoring_equals_one_prompt_at_a_time() -> None:
     loaded = tiny("llama")
     loaded.tokenizer = CharTokenizer()
-    prompts = make_prompts("wordseq1", 2, n_prompts=6, seed=0) + make_prompts("recursion", 0, 4, 0)
-    for condition in (Condition("full"), Condition("ko", "knockout", [(1, 0), (0, 2)])):
-        one = score_prompts(loaded, prompts, condition, batch_size=1)
-        assert score_prompts(loaded, prompts, condition, batch_size=7) == one
+    prompts = scored_prompts()
+    conditions = [Condition("full"), Condition("ko", "knockout", [(1, 0), (0, 2)])]
+    one = score_conditions(loaded, prompts, conditions, batch_size=1)
+    four = score_conditions(loaded, prompts, conditions, batch_size=4)
+    for condition in conditions:
+        torch.testing.assert_close(four[condition.name], one[condition.name])
+
+
+class LabelTokenizer(CharTokenizer):
+    """Characters, but labels as SmolLM2-like token pieces: Foo and Res share a first token, Bar
+    is one token, Mur has a first token of its own."""
+
+    LABELS = {"Foo": [5, 6], "Bar": [7], "Mur": [8, 9], "Res": [5, 9]}  # noqa: RUF012
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self.LABELS.get(text) or super().__call__(text)["input_ids"]}
+
+
+def test_options_are_read_from_one_sequence_per_prefix_no_other_extends() -> None:
+    prompts = make_prompts("wordseq1_4way", 1, n_prompts=2, seed=0)  # Foo Bar Mur Res
+    rows = prompt_rows(LabelTokenizer(), prompts)
+    # prompt + "5" gives Foo, Bar (read at the prompt's end) and Res; prompt + "8" gives Mur
+    assert [(r.prompt, r.ids[-1], [o for o, _ in r.reads]) for r in rows] == [
+        (0, 5, [0, 1, 3]),
+        (0, 8, [2]),
+        (1, 5, [0, 1, 3]),
+        (1, 8, [2]),
+    ]
+    binary = prompt_rows(LabelTokenizer(), make_prompts("wordseq1", 1, n_prompts=1, seed=0))
+    assert [(r.branch, [o for o, _ in r.reads]) for r in binary] == [(1, [0, 1])]  # Foo, Bar
+
+
+def test_option_log_likelihoods_sum_the_option_tokens_after_the_prompt() -> None:
+    """Recomputed by hand: one unpadded forward per prompt and option, its full logits (the
+    prompt tokenized piece by piece, so demo labels are label tokens)."""
+    loaded = tiny("gpt2")
+    loaded.tokenizer = tok = LabelTokenizer()
+    prompts = scored_prompts()
+    scores = score_conditions(loaded, prompts, [Condition("full")], batch_size=4)["full"]
+    for p, prompt in enumerate(prompts):
+        ids = [0] + [i for piece in prompt.pieces for i in tok(piece.text)["input_ids"]]
+        for o, option in enumerate(prompt.options):
+            tokens = tok(option)["input_ids"]
+            logits = loaded.model(input_ids=torch.tensor([ids + tokens])).logits[0]
+            logp = logits.log_softmax(-1)[len(ids) - 1 : -1]  # positions predicting the option
+            expected = logp.gather(1, torch.tensor(tokens)[:, None]).sum()
+            torch.testing.assert_close(scores[p, o], expected, rtol=1e-5, atol=1e-5)
+        assert torch.isinf(scores[p, len(prompt.options) :]).all()  # 2-way rows: 2 options
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_lower_layers_give_the_logits_of_recomputing_every_layer(arch: str) -> None:
+    """float32: running each condition from its first layer on the clean model's residual
+    equals running it from scratch."""
+    loaded = tiny(arch)
+    loaded.tokenizer = CharTokenizer()
+    prompts = scored_prompts()
+    conditions = [
+        Condition("full"),
+        Condition("ablate L1", "ablate", [(1, 0), (1, 3)]),
+        Condition("knockout L1", "knockout", [(1, 2)]),
+        Condition("ablate L0", "ablate", [(0, 1)]),
+    ]
+    shared = score_conditions(loaded, prompts, conditions, batch_size=3, share_prefix=True)
+    scratch = score_conditions(loaded, prompts, conditions, batch_size=3, share_prefix=False)
+    for condition in conditions:
+        torch.testing.assert_close(
+            shared[condition.name], scratch[condition.name], rtol=0, atol=1e-5
+        )
+    assert not torch.equal(shared["ablate L1"], shared["full"])  # the conditions did something
+
+
+def test_starting_at_a_layer_skips_the_layers_below_and_restores_them() -> None:
+    loaded = tiny("qwen2")
+    tokens = repeated_token_batch(loaded, PROTOCOL)
+    layers = decoder_layers(loaded.model)
+    with capturing(layers, [1]) as residual:
+        clean = loaded.model(input_ids=tokens).logits
+    calls: list[int] = []
+    handle = layers[0].register_forward_hook(lambda *_: calls.append(0))
+    with starting_at(layers, 1, residual[1]):
+        resumed = loaded.model(input_ids=tokens).logits
+    assert calls == [0]  # layer 0's hooks still ran (its forward was a pass-through)
+    torch.testing.assert_close(resumed, clean, rtol=0, atol=0)
+    wrong = torch.zeros_like(residual[1])
+    with starting_at(layers, 1, wrong):
+        assert not torch.equal(loaded.model(input_ids=tokens).logits, clean)
+    assert "forward" not in vars(layers[0])  # restored
+    handle.remove()
+
+
+def test_knockout_and_zero_ablation_differ_where_they_must() -> None:
+    """Before any token repeats, knockout blocks nothing, so it must leave every logit as the
+    full model's while zero ablation changes them; once tokens repeat it must change them too,
+    and differently from ablation (the head still attends elsewhere)."""
+    loaded = tiny("llama")
+    tokens = repeated_token_batch(loaded, PROTOCOL)  # BOS + 10 tokens, repeated 4 times
+    head = [(1, 2)]
+    clean = loaded.model(input_ids=tokens).logits
+    with probing(knockout_state(head, knockout_mask(tokens))):
+        knocked = loaded.model(input_ids=tokens).logits
+    with probing(ablation_state(head, "zero")):
+        ablated = loaded.model(input_ids=tokens).logits
+    first, later = slice(0, 11), slice(11, None)  # position 11 repeats position 1
+    assert torch.equal(knocked[:, first], clean[:, first])
+    assert (ablated[:, first] - clean[:, first]).abs().amax(dim=-1).min() > 1e-4
+    assert (knocked[:, later] - clean[:, later]).abs().amax(dim=-1).min() > 1e-4
+    assert (knocked[:, later] - ablated[:, later]).abs().amax(dim=-1).min() > 1e-4
 
 
 def test_mean_ablation_holds_the_head_at_its_mean_over_reference_prompts() -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from ihlab.probe.tasks import ABSTRACT, INSTRUCTION, WORD_TASKS, _matches, make_prompts
 
@@ -78,6 +79,7 @@ def test_nlp_rows_from_a_jsonl_file(tmp_path: Path) -> None:
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     data = read_nlp_rows(path)
+    assert data[:2] == [("review number 0", 0), ("review number 1", 1)]  # negative < positive
     prompts = make_prompts("nlp", 6, n_prompts=4, seed=0, nlp_rows=data)
     for prompt in prompts:
         demos, query = demos_and_query(prompt)
@@ -87,35 +89,88 @@ def test_nlp_rows_from_a_jsonl_file(tmp_path: Path) -> None:
         assert prompt.label == expected
 
 
-def test_probe_config_rejects_unknown_tasks_and_nlp_without_data() -> None:
-    from ihlab.errors import ConfigError
-    from ihlab.probe.app import ProbeConfig, TaskConfig
+MALFORMED_NLP = [
+    ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label"\n', "line 2 is not JSON"),
+    ("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b"}\n', "line 2 lacks a text or a label"),
+    ("bad.jsonl", '{"text": "", "label": 0}\n', "line 1 lacks a text or a label"),
+    ("bad.jsonl", "[1, 2]\n", "line 1 lacks a text or a label"),
+    ("bad.csv", "text,label\na,0\nb,\n", "line 3 lacks a text or a label"),
+    ("bad.csv", "sentence,label\na,0\n", "line 2 lacks a text or a label"),
+    ("one.csv", "text,label\na,0\nb,0\n", "1 distinct labels"),
+    ("five.csv", "text,label\n" + "".join(f"t{i},{i % 5}\n" for i in range(10)), "5 distinct"),
+    ("thin.csv", "text,label\na,0\nb,0\nc,1\n", "each label needs 2 rows or more"),
+    ("rows.txt", "text,label\na,0\n", "expected a .jsonl or .csv file"),
+]
 
-    with pytest.raises(ConfigError, match="unknown task 'sst'"):
-        ProbeConfig(tasks=TaskConfig(names=["sst"]))
-    with pytest.raises(ConfigError, match=r"nlp_path nor tasks\.nlp_dataset"):
-        ProbeConfig(tasks=TaskConfig(names=["nlp"]))
+
+@pytest.mark.parametrize(("name", "content", "message"), MALFORMED_NLP)
+def test_malformed_nlp_files_fail_naming_the_file_and_line(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    from ihlab.errors import ConfigError
+    from ihlab.probe.tasks import read_nlp_rows
+
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=f"tasks.nlp_path={path}: .*{message}"):
+        read_nlp_rows(path)
+
+
+BAD_CONFIGS = [
+    ({"tasks": {"names": ["sst"]}}, "tasks.names: unknown task 'sst'"),
+    ({"tasks": {"names": []}}, "tasks.names is empty"),
+    ({"tasks": {"names": ["nlp"]}}, r"nlp_path nor tasks\.nlp_dataset"),
+    ({"tasks": {"names": ["nlp"], "nlp_path": "/no/such.jsonl"}}, "does not exist"),
+    ({"tasks": {"n_prompts": 0}}, r"tasks\.n_prompts=0: need at least 1 prompt"),
+    ({"tasks": {"shots": [-1]}}, r"tasks\.shots=\[-1\]"),
+    ({"tasks": {"seeds": []}}, r"tasks\.seeds is empty"),
+    ({"select": {"percents": [0.0]}}, r"select\.percents: 0\.0 is not a percentage"),
+    ({"select": {"heads": ["18.6"]}}, r"select\.heads: head '18\.6': write heads as"),
+    ({"select": {"random_seeds": [1, 1]}}, "repeats a seed"),
+    ({"select": {"percents": [], "heads": []}}, "give percents or heads"),
+    ({"model": {"dtype": "int8"}}, r"model\.dtype=int8: choose from"),
+    ({"batch_size": 0}, "batch_size=0"),
+    pytest.param(
+        {"model": {"device": "cuda"}},
+        r"model\.device=cuda: no CUDA device",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_CONFIGS)
+def test_probe_config_rejects_bad_values_naming_the_key(override: dict, message: str) -> None:
+    from omegaconf import OmegaConf
+
+    from ihlab.errors import ConfigError
+    from ihlab.probe.config import ProbeConfig
+
+    with pytest.raises(ConfigError, match=message):
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProbeConfig), override))
 
 
 def test_interventions_as_clamp_specs_become_result_columns() -> None:
-    import torch
-
     from ihlab.clamps import ClampConfig
     from ihlab.errors import ConfigError
-    from ihlab.probe.app import ProbeConfig, conditions
+    from ihlab.probe.columns import check_heads_exist, columns
+    from ihlab.probe.config import ProbeConfig
 
     specs = {
         "L1H2 zero": ClampConfig(site="blocks.1.attn.z", heads=[2], value="zero"),
         "L0H1 knockout": ClampConfig(site="blocks.0.attn.scores", heads=[1], value="knockout"),
     }
     cfg = ProbeConfig(interventions=specs)
-    columns = dict(conditions(cfg, torch.rand(2, 4), n_layers=2, n_heads=4))
-    assert columns["L1H2 zero"][0].mode == "ablate" and columns["L1H2 zero"][0].heads == [(1, 2)]
-    assert columns["L0H1 knockout"][0].mode == "knockout"
+    found = {c.name: c for c in columns(cfg, torch.rand(2, 4))}
+    assert found["L1H2 zero"].conditions[0].mode == "ablate"
+    assert found["L1H2 zero"].conditions[0].heads == [(1, 2)]
+    assert found["L0H1 knockout"].conditions[0].mode == "knockout"
+    assert found["1% IH knockout"].control == "1% random"
+    assert found["1% IH knockout"].ablated == "1% IH ablated"
+    assert len(found["1% random"].conditions) == 3  # one per random seed
     with pytest.raises(ConfigError, match=r"interventions\.bad: the probe supports"):
         ProbeConfig(
             interventions={"bad": ClampConfig(site="blocks.0.attn.z", heads=[0], value="copy")}
         )
-    with pytest.raises(ConfigError, match="head L5H0 does not exist"):
+    with pytest.raises(ConfigError, match=r"interventions\.far: head L5H0 does not exist"):
         far = {"far": ClampConfig(site="blocks.5.attn.z", heads=[0])}
-        conditions(ProbeConfig(interventions=far), torch.rand(2, 4), n_layers=2, n_heads=4)
+        check_heads_exist(ProbeConfig(interventions=far), n_layers=2, n_heads=4)

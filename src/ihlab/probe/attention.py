@@ -7,7 +7,9 @@ them, to read each query head's pattern (`blocks.{l}.attn.pattern`, grouped-quer
 expanded), to knock out attention from chosen queries to chosen keys in chosen heads (an additive
 -inf before the softmax), and to replace a head's output `blocks.{l}.attn.z`: its d_head slice of
 the output projection's input, so the same code ablates one query head of a GQA model without
-touching its KV-group siblings. What to do in a forward is set with `probing(state)`.
+touching its KV-group siblings; and to keep or supply the keys and values of a token prefix that
+many prompts share, so it is computed once. What to do in a forward is set with
+`probing(state)`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ class ProbeState:
     - pattern_override[layer][head]: a (batch, query, key) pattern the head uses instead of its own
       (a clamp at blocks.{l}.attn.pattern);
     - z_sums: if not None, accumulate per layer the sum of z over positions (batch and query), with
-      `z_count` positions, for mean ablation.
+      `z_count` positions, for mean ablation;
+    - capture_kv: keep every layer's keys and values in `kv[layer]`, each (batch, kv_head, key,
+      d_head) after positional embedding;
+    - prefix_kv[layer]: keys and values (1, kv_head, prefix, d_head) of a prefix every sequence of
+      the batch continues (its positions must follow the prefix's): put before the forward's own,
+      visible to every query. Knockout masks then cover prefix + own keys.
     """
 
     capture_patterns: bool = False
@@ -49,6 +56,9 @@ class ProbeState:
     pattern_override: dict[int, dict[int, Tensor]] = field(default_factory=dict)
     z_sums: dict[int, Tensor] | None = None
     z_count: int = 0
+    capture_kv: bool = False
+    kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    prefix_kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 _STATE: ContextVar[ProbeState | None] = ContextVar("ihlab_probe_state", default=None)
@@ -75,6 +85,10 @@ def ihlab_attention(
     **kwargs: object,
 ) -> tuple[Tensor, Tensor]:
     """Eager attention with the probe's sites; returns z (batch, query, head, d_head), pattern."""
+    state = _STATE.get()
+    layer = int(getattr(module, "layer_idx", -1))
+    if state is not None:
+        key, value, attention_mask = _with_prefix(state, layer, key, value, attention_mask)
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)  # (batch, head, key, d_head)
     value = value.repeat_interleave(groups, dim=1)  # (batch, head, key, d_head)
@@ -84,8 +98,6 @@ def ihlab_attention(
             scores = scores.masked_fill(~attention_mask[..., : key.shape[-2]], float("-inf"))
         else:
             scores = scores + attention_mask[..., : key.shape[-2]]
-    state = _STATE.get()
-    layer = int(getattr(module, "layer_idx", -1))
     if state is not None and layer in state.knockout:
         heads, blocked = state.knockout[layer]
         index = torch.tensor(heads, device=scores.device)
@@ -100,6 +112,23 @@ def ihlab_attention(
     if state is not None:
         z = _apply(state, layer, pattern, z)
     return z.contiguous(), pattern
+
+
+def _with_prefix(
+    state: ProbeState, layer: int, key: Tensor, value: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Keep this forward's keys and values, and/or put the shared prefix's before them."""
+    if state.capture_kv:
+        state.kv[layer] = (key, value)
+    if layer not in state.prefix_kv:
+        return key, value, mask
+    prefix_key, prefix_value = state.prefix_kv[layer]
+    batch, n = key.shape[0], prefix_key.shape[2]
+    key = torch.cat([prefix_key.expand(batch, -1, -1, -1), key], dim=2)
+    value = torch.cat([prefix_value.expand(batch, -1, -1, -1), value], dim=2)
+    if mask is not None:  # the prefix is visible to every query
+        mask = nn.functional.pad(mask, (n, 0), value=True if mask.dtype == torch.bool else 0.0)
+    return key, value, mask
 
 
 def _apply(state: ProbeState, layer: int, pattern: Tensor, z: Tensor) -> Tensor:

@@ -1,7 +1,26 @@
-"""Score prompts by the argmax of label log-likelihood, batched, under an intervention."""
+"""Label log-likelihoods of prompts under several conditions (full model, interventions) at once.
+
+An option's log-likelihood sums its tokens' log-probabilities after the prompt. Where the time goes,
+and what is done about it:
+- One sequence per prompt and maximal option prefix: the prompt followed by an option's tokens but
+  its last, read at its last positions. An option whose prefix is a prefix of another's shares that
+  one's sequence, so SmolLM2's Foo/Bar/Mur/Res ("F|oo", "Bar", ...) need one sequence per prompt.
+- Layers below a condition's first intervened layer compute what the clean model computes, so each
+  batch runs the clean model once, keeping the residual stream at every condition's first layer,
+  and each condition runs only the layers from there (`layers.py`). For the default selections
+  (first induction head in layer 17 of 30) that is 17 + 13 per condition instead of 30.
+- Every prompt starts with the same tokens (BOS and the instruction: 31 of SmolLM2's ~105), and
+  causal attention makes their keys and values the same in every prompt, so each condition runs
+  them once and every batch attends to them as a shared prefix (`attention.py`).
+- Logits only at the read positions (`logits_to_keep`): the unembedding, the largest matrix, runs on
+  a few positions per sequence.
+Sequences are left-padded with explicit position ids and sorted by length, so padding changes
+nothing and costs little.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,18 +30,35 @@ from tqdm import tqdm
 
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.interventions import Ablation, Head, ablation_state, knockout_mask, knockout_state
+from ihlab.probe.layers import capturing, decoder_layers, starting_at
 from ihlab.probe.models import LoadedModel
 from ihlab.probe.tasks import Prompt
 
 
 @dataclass
 class Condition:
-    """A column of the results table: `full` (no intervention), `ablate` or `knockout` of heads."""
+    """One forward per prompt: `full` (no intervention), `ablate` or `knockout` of heads."""
 
     name: str
     mode: str = "full"  # full | ablate | knockout
     heads: list[Head] = field(default_factory=list)
     ablation: Ablation = Ablation.zero
+
+    @property
+    def first_layer(self) -> int:
+        """The lowest layer the condition changes (0 for `full`: nothing to share)."""
+        return min((layer for layer, _ in self.heads), default=0)
+
+
+@dataclass
+class Row:
+    """One sequence: a prompt's tokens and an option prefix, with what to read from it."""
+
+    ids: list[int]
+    keys: list[int]  # knockout keys (see `encode`)
+    prompt: int
+    reads: list[tuple[int, list[int]]]  # (option index, option token ids) read from this row
+    branch: int  # tokens appended after the prompt
 
 
 def encode(tokenizer: object, prompt: Prompt) -> tuple[list[int], list[int]]:
@@ -45,80 +81,164 @@ def option_ids(tokenizer: object, options: Sequence[str]) -> list[list[int]]:
     return [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
 
 
+def prompt_rows(tokenizer: object, prompts: Sequence[Prompt]) -> list[Row]:
+    """The sequences to run: per prompt, one per option prefix that no other prefix extends; each
+    option is read from the first of them that starts with its prefix."""
+    rows = []
+    for p, prompt in enumerate(prompts):
+        ids, keys = encode(tokenizer, prompt)
+        options = option_ids(tokenizer, prompt.options)
+        prefixes = {tuple(o[:-1]) for o in options}
+        branches = [b for b in sorted(prefixes) if not any(_extends(o, b) for o in prefixes)]
+        owner = [next(k for k, b in enumerate(branches) if _starts(b, o[:-1])) for o in options]
+        for k, branch in enumerate(branches):
+            reads = [(i, o) for i, o in enumerate(options) if owner[i] == k]
+            rows.append(Row(ids + list(branch), keys + list(branch), p, reads, len(branch)))
+    return rows
+
+
+def _extends(longer: tuple[int, ...], prefix: tuple[int, ...]) -> bool:
+    return len(longer) > len(prefix) and _starts(longer, prefix)
+
+
+def _starts(sequence: Sequence[int], prefix: Sequence[int]) -> bool:
+    return tuple(sequence[: len(prefix)]) == tuple(prefix)
+
+
 @torch.no_grad()
-def score_prompts(
+def score_conditions(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
-    condition: Condition,
+    conditions: Sequence[Condition],
     means: dict[int, Tensor] | None = None,
     batch_size: int = 16,
+    share_prefix: bool = True,
     progress: bool = False,
-) -> list[bool]:
-    """Whether the model's most likely option is the correct one, per prompt.
+) -> dict[str, Tensor]:
+    """Log-likelihood of every option of every prompt, (prompt, option), per condition name
+    (-inf for options a prompt does not have: prompts of 2- and 4-way tasks can share a call).
 
-    An option's log-likelihood sums its tokens' log-probabilities after the prompt. One sequence
-    per prompt and distinct option prefix: the prompt followed by an option's tokens but its last
-    (for Foo/Bar/Mur/Res in SmolLM2's tokenizer, "F" of "F|oo": one forward per prompt), read at
-    its last positions only. Sequences are left-padded with explicit position ids and sorted by
-    length, so padding changes nothing and costs little.
-    """
-    tok, device = loaded.tokenizer, loaded.model.device
-    rows: list[tuple[list[int], list[int], int, tuple[int, ...]]] = []  # ids, keys, prompt, prefix
-    for p, prompt in enumerate(prompts):
-        ids, keys = encode(tok, prompt)
-        prefixes = {tuple(o[:-1]) for o in option_ids(tok, prompt.options)} or {()}
-        for prefix in sorted(prefixes):
-            rows.append((ids + list(prefix), keys + list(prefix), p, prefix))
-    rows.sort(key=lambda r: len(r[0]))
-    tail = 1 + max(len(r[3]) for r in rows)  # logits kept at the end of every sequence
-    logp_tail: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+    Each batch runs the clean model once (it is the `full` condition). With `share_prefix`, every
+    other condition reuses the clean residual stream below its first layer, and the tokens every
+    prompt starts with (BOS and the instruction) are run once per condition, their keys and values
+    then shared by every batch; without it, every condition runs every layer on every token (the
+    reference path: the same numbers up to floating-point summation order)."""
+    model, tok = loaded.model, loaded.tokenizer
+    layers = decoder_layers(model)
+    rows = sorted(prompt_rows(tok, prompts), key=lambda r: len(r.ids))
+    tail = 1 + max(r.branch for r in rows)  # logits kept at the end of every sequence
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    shape = (len(prompts), max(len(p.options) for p in prompts))
+    result = {c.name: torch.full(shape, -torch.inf) for c in conditions}
+    starts = {c.first_layer for c in conditions if share_prefix and c.mode != "full"} - {0}
+    n_shared = common_prefix(rows, tail) if share_prefix else 0
+    clean_kv = _prefix_kv(model, rows[0], n_shared, Condition("full"), means)
+    shared = {
+        c.name: clean_kv if c.mode == "full" else _prefix_kv(model, rows[0], n_shared, c, means)
+        for c in conditions
+    }
     batches = range(0, len(rows), batch_size)
-    for b in tqdm(batches, desc=condition.name, disable=not progress, leave=False):
+    for b in tqdm(batches, desc="scoring", disable=not progress, leave=False):
         chunk = rows[b : b + batch_size]
-        n = max(len(r[0]) for r in chunk)
-        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-        keys = -(10**6) - torch.arange(n).repeat(len(chunk), 1)  # padding never matches
-        mask = torch.zeros(len(chunk), n, dtype=torch.long)
-        for i, (seq, key, _, _) in enumerate(chunk):
-            ids[i, n - len(seq) :] = torch.tensor(seq)
-            keys[i, n - len(seq) :] = torch.tensor(key)
-            mask[i, n - len(seq) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        with probing(_state(condition, keys, means)):
-            out = loaded.model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                logits_to_keep=tail,
-            )
-        logp = out.logits.float().log_softmax(dim=-1).cpu()  # (batch, tail, vocab)
-        for i, (_, _, p, prefix) in enumerate(chunk):
-            logp_tail[p, prefix] = logp[i]
-    correct = []
-    for p, prompt in enumerate(prompts):
-        scores = []
-        for option in option_ids(tok, prompt.options):
-            prefix = tuple(option[:-1])
-            row = prefix if (p, prefix) in logp_tail else _any(logp_tail, p)  # single-token
-            rows_logp = logp_tail[p, row]
-            first = tail - 1 - len(row)  # the kept position that predicts the option's start
-            steps = rows_logp[first : first + len(option)]  # (len(option), vocab)
-            scores.append(float(steps.gather(1, torch.tensor(option)[:, None]).sum()))
-        correct.append(max(range(len(scores)), key=scores.__getitem__) == prompt.label)
-    return correct
+        inputs, keys = _pad(chunk, pad, n_shared, model.device)
+        blocked = knockout_mask(keys)[:, n_shared:]  # (batch, own query, prefix + own key)
+        with capturing(layers, starts) as residuals:
+            clean = _logp(model, inputs, tail, _state(Condition("full"), blocked, means, clean_kv))
+        for condition in conditions:
+            scores = clean
+            if condition.mode != "full":
+                start = condition.first_layer
+                skip = starting_at(layers, start, residuals[start]) if start in residuals else None
+                state = _state(condition, blocked, means, shared[condition.name])
+                with skip or contextlib.nullcontext():
+                    scores = _logp(model, inputs, tail, state)
+            _read(scores, chunk, tail, result[condition.name])
+    return result
 
 
-def _any(logp_tail: dict[tuple[int, tuple[int, ...]], Tensor], p: int) -> tuple[int, ...]:
-    return next(prefix for (q, prefix) in logp_tail if q == p)
+def common_prefix(rows: Sequence[Row], tail: int) -> int:
+    """How many leading tokens (ids and knockout keys) every row shares, leaving each row at least
+    the `tail` positions that are read."""
+    first = rows[0]
+    n = min(len(r.ids) for r in rows) - tail
+    for row in rows:
+        while n > 0 and (row.ids[:n] != first.ids[:n] or row.keys[:n] != first.keys[:n]):
+            n -= 1
+    return max(n, 0)
 
 
-def _state(condition: Condition, keys: Tensor, means: dict[int, Tensor] | None) -> ProbeState:
+def _prefix_kv(
+    model: torch.nn.Module,
+    row: Row,
+    n: int,
+    condition: Condition,
+    means: dict[int, Tensor] | None,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Every layer's keys and values of `row`'s first `n` tokens under `condition` ({} if n=0)."""
+    if n == 0:
+        return {}
+    keys = torch.tensor([row.keys[:n]], device=model.device)
+    state = _state(condition, knockout_mask(keys), means, {})
+    state.capture_kv = True
+    with probing(state):
+        model(input_ids=torch.tensor([row.ids[:n]], device=model.device), use_cache=False)
+    return state.kv
+
+
+def _logp(
+    model: torch.nn.Module, inputs: dict[str, Tensor], tail: int, state: ProbeState
+) -> Tensor:
+    """Log-probabilities at the last `tail` positions, (batch, tail, vocab), under `state`."""
+    with probing(state):
+        out = model(**inputs, logits_to_keep=tail, use_cache=False)
+    return out.logits.float().log_softmax(dim=-1)
+
+
+def _pad(
+    chunk: Sequence[Row], pad: int, n_shared: int, device: torch.device
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Model inputs of a batch without its first `n_shared` tokens, left-padded, positions after
+    the shared ones; and the knockout keys of the whole sequences (padding never matches)."""
+    n = max(len(r.ids) for r in chunk) - n_shared
+    ids = torch.full((len(chunk), n), pad, dtype=torch.long)
+    keys = -(10**6) - torch.arange(n_shared + n).repeat(len(chunk), 1)
+    mask = torch.zeros(len(chunk), n, dtype=torch.long)
+    for i, row in enumerate(chunk):
+        own = len(row.ids) - n_shared
+        ids[i, n - own :] = torch.tensor(row.ids[n_shared:])
+        keys[i, :n_shared] = torch.tensor(row.keys[:n_shared])
+        keys[i, n_shared + n - own :] = torch.tensor(row.keys[n_shared:])
+        mask[i, n - own :] = 1
+    positions = n_shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return {k: v.to(device) for k, v in inputs.items()}, keys.to(device)
+
+
+def _read(logp: Tensor, chunk: Sequence[Row], tail: int, into: Tensor) -> None:
+    """Sum each option's token log-probabilities: the kept position `tail - 1 - branch` predicts
+    an option's first token."""
+    for i, row in enumerate(chunk):
+        first = tail - 1 - row.branch
+        for option, tokens in row.reads:
+            steps = logp[i, first : first + len(tokens)]  # (len(option), vocab)
+            index = torch.tensor(tokens, device=steps.device)[:, None]
+            into[row.prompt, option] = float(steps.gather(1, index).sum())
+
+
+def _state(
+    condition: Condition,
+    blocked: Tensor,
+    means: dict[int, Tensor] | None,
+    prefix_kv: dict[int, tuple[Tensor, Tensor]],
+) -> ProbeState:
     if condition.mode == "ablate":
-        return ablation_state(condition.heads, condition.ablation, means)
-    if condition.mode == "knockout":
-        return knockout_state(condition.heads, knockout_mask(keys))
-    return ProbeState()
+        state = ablation_state(condition.heads, condition.ablation, means)
+    elif condition.mode == "knockout":
+        state = knockout_state(condition.heads, blocked)
+    else:
+        state = ProbeState()
+    state.prefix_kv = prefix_kv
+    return state
 
 
 @torch.no_grad()

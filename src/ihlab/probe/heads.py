@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ihlab.errors import ConfigError
 from ihlab.metrics.heads import prefix_matching_score, previous_token_score
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.models import LoadedModel
@@ -169,7 +170,9 @@ def lab_head_scores(
     model = load_lab_model(checkpoint)
     cfg, io = model.cfg, model.io
     if io.d_vocab is None:
-        raise ValueError(f"{checkpoint}: head scores need a token model (this one reads features).")
+        raise ConfigError(
+            f"model.source={checkpoint}: head scores need a token model (this one reads features)."
+        )
     room = io.n_ctx - 1 if cfg.positional == Positional.learned else 10**6
     n_tokens = min(protocol.n_tokens, io.d_vocab - 1, room // protocol.n_repeats)
     g = generator(protocol.seed, "prefix_matching")

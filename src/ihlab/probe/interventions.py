@@ -21,8 +21,10 @@ from enum import Enum
 
 from torch import Tensor
 
+from ihlab.errors import ConfigError
 from ihlab.metrics.heads import induction_targets
 from ihlab.probe.attention import ProbeState
+from ihlab.sites import head_name, parse_head_name
 
 Head = tuple[int, int]  # (layer, query head)
 
@@ -40,17 +42,25 @@ def top_heads(scores: Tensor, percent: float) -> list[Head]:
     return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
-def parse_heads(names: Sequence[str], n_layers: int, n_heads: int) -> list[Head]:
-    """Heads named `L{layer}H{head}` (as the lab logs them), checked against the model's shape."""
-    heads = []
-    for name in names:
-        layer, _, head = name.upper().removeprefix("L").partition("H")
-        if not (layer.isdigit() and head.isdigit()):
-            raise ValueError(f"head {name!r}: write heads as L<layer>H<head>, e.g. L18H6.")
-        if not (int(layer) < n_layers and int(head) < n_heads):
-            raise ValueError(f"head {name} does not exist: {n_layers} layers x {n_heads} heads.")
-        heads.append((int(layer), int(head)))
-    return heads
+def parse_head(name: str) -> Head:
+    """A head of `select.heads`, named as the lab names heads (`sites.head_name`): L18H6."""
+    head = parse_head_name(name)
+    if head is None:
+        raise ConfigError(
+            f"select.heads: head {name!r}: write heads as L<layer>H<head>, e.g. L18H6."
+        )
+    return head
+
+
+def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, key: str) -> None:
+    """Raise a ConfigError naming `key` for a head a model of this shape does not have."""
+    for layer, head in heads:
+        if not (layer < n_layers and head < n_heads):
+            raise ConfigError(
+                f"{key}: head {head_name(layer, head)} does not exist: the model has {n_layers} "
+                f"layers x {n_heads} heads. Fix: name heads L0H0 to "
+                f"{head_name(n_layers - 1, n_heads - 1)}."
+            )
 
 
 def random_heads(selected: Sequence[Head], n_heads: int, seed: int) -> list[Head]:

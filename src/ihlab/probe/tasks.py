@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ihlab.errors import ConfigError
+
 INSTRUCTION = (
     "Below is a list of various sequences. Your task is to classify each sequence. Use the "
     "examples provided to understand how to classify each sequence correctly.\n\n"
@@ -134,17 +136,47 @@ def word_item(
     return Item(pieces, label, frozenset(chosen))
 
 
+NLP_FIX = "Fix: one row per example with a non-empty `text` and a `label` (2 to 4 labels)."
+
+
 def read_nlp_rows(path: str | Path) -> list[tuple[str, int]]:
     """(text, label) rows of a JSONL or CSV file with fields `text` and `label` (labels are mapped
-    to 0, 1, ... in sorted order)."""
+    to 0, 1, ... in sorted order); a malformed file raises a ConfigError naming the line."""
     path = Path(path)
+    key = f"tasks.nlp_path={path}"
+    if path.suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"{key}: expected a .jsonl or .csv file. {NLP_FIX}")
+    records: list[tuple[int, object]] = []
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{key}: line {number} is not JSON ({err.msg}).") from None
     else:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    names = sorted({str(r["label"]) for r in rows})
-    return [(str(r["text"]), names.index(str(r["label"]))) for r in rows]
+            records = [(number, r) for number, r in enumerate(csv.DictReader(f), start=2)]
+    rows = []
+    for number, record in records:
+        text = record.get("text") if isinstance(record, dict) else None
+        label = record.get("label") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip() or label in (None, ""):
+            raise ConfigError(f"{key}: line {number} lacks a text or a label. {NLP_FIX}")
+        rows.append((text, str(label)))
+    return numbered_labels(rows, key)
+
+
+def numbered_labels(rows: Sequence[tuple[str, str]], key: str) -> list[tuple[str, int]]:
+    """Rows with labels mapped to 0, 1, ... in sorted order, checked for the prompt format: 2 to 4
+    labels (Foo, Bar, Mur, Res), each with 2 rows or more (a query and a different demo)."""
+    names = sorted({label for _, label in rows})
+    counts = {name: sum(label == name for _, label in rows) for name in names}
+    if not 2 <= len(names) <= len(LABELS):
+        raise ConfigError(f"{key}: {len(names)} distinct labels {names[:10]}. {NLP_FIX}")
+    if min(counts.values()) < 2:
+        raise ConfigError(f"{key}: each label needs 2 rows or more, got {counts}. {NLP_FIX}")
+    return [(text, names.index(label)) for text, label in rows]
 
 
 def load_hf_rows(
@@ -154,13 +186,24 @@ def load_hf_rows(
     the network or a local datasets cache), labels mapped to 0, 1, ... in sorted order."""
     try:
         import datasets
-    except ImportError as err:
-        raise ImportError(
-            "tasks.nlp_dataset needs the datasets package: pip install datasets"
-        ) from err
-    data = datasets.load_dataset(name, split=split)
-    names = sorted({str(v) for v in data[label]})
-    return [(str(t), names.index(str(v))) for t, v in zip(data[text], data[label], strict=True)]
+    except ImportError:
+        raise ConfigError(
+            "tasks.nlp_dataset needs the datasets package. Fix: pip install datasets"
+        ) from None
+    key = f"tasks.nlp_dataset={name}"
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as err:  # the hub, the cache and the split each raise their own type
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{key} (split {split}): cannot load it ({reason}).") from None
+    missing = [f for f in (text, label) if f not in data.column_names]
+    if missing:
+        raise ConfigError(
+            f"{key}: no field {missing}. Fix: set tasks.nlp_fields=[text, label] from "
+            f"{data.column_names}."
+        )
+    rows = [(str(t), str(v)) for t, v in zip(data[text], data[label], strict=True)]
+    return numbered_labels(rows, key)
 
 
 def make_prompts(
