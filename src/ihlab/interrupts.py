@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -107,10 +108,15 @@ GUARD = SignalGuard()
 def stop_children(signum: int) -> None:
     """Send `signum` to every descendant process of this session and wait for them to stop
     (SIGKILL after CHILD_GRACE_S): a parallel multirun's workers checkpoint and stop with their
-    parent. Helpers that run in a session of their own (W&B's service) are left alone: they
-    must outlive the run's last words, and they stop by themselves when their parent does."""
+    parent. Helpers that run in a session of their own (W&B's service) or ignore the signal
+    (multiprocessing's and loky's resource trackers) are left alone: they must outlive the run's
+    last words, and they stop by themselves when their parent does."""
     session = os.getsid(0)
-    children = [p for p in psutil.Process().children(recursive=True) if _session(p) == session]
+    children = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if _session(p) == session and not _ignores(p, signum)
+    ]
     for child in children:
         try:
             child.send_signal(signum)
@@ -120,6 +126,16 @@ def stop_children(signum: int) -> None:
     for child in alive:
         log.error("child process %d did not stop within %.0f s: killed", child.pid, CHILD_GRACE_S)
         child.kill()
+
+
+def _ignores(process: psutil.Process, signum: int) -> bool:
+    """Whether `process` ignores `signum` (Linux: the SigIgn mask in /proc; elsewhere: no)."""
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) >> (signum - 1) & 1)
 
 
 def _session(process: psutil.Process) -> int | None:

@@ -181,9 +181,11 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
     assert_same_run(run, reference)
 
 
-def test_kill_right_after_any_checkpoint_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
+def test_kill_right_after_any_checkpoint_resumes_exactly(
+    tmp_path: Path, monkeypatch, reference: Path
+) -> None:
     """What a SIGKILL right after a checkpoint write leaves on disk, for every checkpoint."""
-    full = run_in_process(tmp_path / "full")
+    full = json.loads((reference / "summary.json").read_text())
     save = PeriodicCheckpoint.save
 
     def save_and_copy(self, trainer, name) -> None:
@@ -200,15 +202,14 @@ def test_kill_right_after_any_checkpoint_resumes_exactly(tmp_path: Path, monkeyp
     for run in killed:
         summary = run_in_process(run)
         assert summary["learning_time"] == full["learning_time"]
-        assert_same_run(run, tmp_path / "full")
+        assert_same_run(run, reference)
 
 
 @pytest.mark.parametrize("step", [19, 20, 49, 99, 119])
 def test_a_signal_at_any_kind_of_step_resumes_exactly(
-    tmp_path: Path, monkeypatch, step: int
+    tmp_path: Path, monkeypatch, reference: Path, step: int
 ) -> None:
     """Steps before an evaluation, after one, before a checkpoint, and the last step."""
-    run_in_process(tmp_path / "full")
     training_step = LabModule.training_step
 
     def signal_at(self, batch, batch_idx):
@@ -224,7 +225,7 @@ def test_a_signal_at_any_kind_of_step_resumes_exactly(
     interrupted = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert interrupted["status"] == "interrupted" and interrupted["steps"] == step + 1
     assert run_in_process(tmp_path / "run")["status"] == "completed"
-    assert_same_run(tmp_path / "run", tmp_path / "full")
+    assert_same_run(tmp_path / "run", reference)
 
 
 def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
@@ -513,9 +514,9 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path: P
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_a_broken_explicit_checkpoint_fails_clearly_and_writes_nothing(
-    tmp_path: Path, damage: str
+    tmp_path: Path, reference: Path, damage: str
 ) -> None:
-    run_in_process(tmp_path / "run")
+    shutil.copytree(reference, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
     ckpt = tmp_path / "run" / "checkpoints" / "step_000050.ckpt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(
@@ -537,9 +538,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path, reference: P
     summary = run_in_process(run)
     assert summary["status"] == "completed"
     assert summary["segments"][-1]["from_step"] == 100  # the newest readable checkpoint
-    full = tmp_path / "full"
-    run_in_process(full)
-    assert_same_run(run, full)
+    assert_same_run(run, reference)
 
 
 def interrupt_at(run_dir: Path, step: int) -> None:
