@@ -1,7 +1,7 @@
 """ihlab-probe scoring speed: prompts x conditions per second, side by side in one process.
 
-Three paths over the same prompts (the default tasks) and the default run's conditions (full, 1% and
-3% induction heads ablated and knocked out, 3 random controls each: 11), on SmolLM2-135M:
+Three paths over the same prompts (the default tasks) and the default run's conditions (full, 1%
+induction heads ablated and knocked out, 3 random controls: 6), on SmolLM2-135M:
 - reference: float32, every condition runs every layer on every token (`share_prefix=False`);
 - shared: float32, the layers below the first intervened one and the prompts' common first
   tokens computed once (`share_prefix=True`);
