@@ -2,7 +2,7 @@
 
 Both runs train `fewshot_fast` (the CPU-sized Singh et al. model and task) with ihlab-train's module
 on the same batches; the clamped one holds previous-token attention in a layer-0 head and a perfect
-match pattern in every layer-1 head (clamp=[prev_token,match]), which also switches both layers
+match pattern in every layer-1 head (clamps=[prev_token,match]), which also switches both layers
 from fused attention to the explicit path that materialises patterns. Rounds alternate to spread
 machine noise; the median ratio is printed.
 
@@ -29,10 +29,10 @@ def main() -> None:
     parser.add_argument("--clamp", default="[prev_token,match]")
     args = parser.parse_args()
     register_configs()
-    base = ["experiment=fewshot_fast", "logger=csv", "trainer.progress_bar=false"]
+    base = ["experiment=fewshot_fast", "wandb=off", "trainer.progress_bar=false"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         plain = compose("train", overrides=base)
-        clamped = compose("train", overrides=[*base, f"clamp={args.clamp}"])
+        clamped = compose("train", overrides=[*base, f"clamps={args.clamp}"])
     with tempfile.TemporaryDirectory() as tmp:
 
         def measure(r: int) -> tuple[float, float]:
@@ -41,7 +41,7 @@ def main() -> None:
             return held, free
 
         ratio = median_ratio(args.rounds, measure, ("clamped", "unclamped"))
-    print(f"ratio (clamp={args.clamp} / unclamped), median of {args.rounds}: {ratio:.3f}")
+    print(f"ratio (clamps={args.clamp} / unclamped), median of {args.rounds}: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ Both train the `induction_2l` model on the same batches with the same optimizer;
 a hand-written copy of the model (no site hooks) that loads the lab model's weights, so the ratio
 prices everything the lab adds: Lightning, the module, site hooks, logging to metrics.csv and the
 progress bar. Rounds alternate to spread machine noise evenly; the median ratio is printed.
+A second line prices a seed ensemble: member-steps per second of one job training `--members`
+seeds as one batched computation, against the bare loop's single-run steps per second.
 
-    python benchmarks/throughput.py [--steps 300] [--rounds 3]
+    python benchmarks/throughput.py [--steps 300] [--rounds 3] [--members 8]
 """
 
 from __future__ import annotations
@@ -87,10 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--members", type=int, default=8)
     args = parser.parse_args()
     register_configs()
+    seeds = ",".join(map(str, range(args.members)))
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=induction_2l", "logger=csv"])
+        cfg = compose("train", overrides=["experiment=induction_2l", "wandb=off"])
+        job = compose(
+            "train", overrides=["experiment=induction_2l", "wandb=off", f"seeds=[{seeds}]"]
+        )
     with tempfile.TemporaryDirectory() as tmp:
 
         def measure(r: int) -> tuple[float, float]:
@@ -98,8 +105,18 @@ def main() -> None:
             lab = lab_steps_per_sec(config, args.steps, Path(tmp) / f"round{r}")
             return lab, bare_steps_per_sec(config, args.steps)
 
+        def measure_job(r: int) -> tuple[float, float]:
+            steps = lab_steps_per_sec(to_train_config(job), args.steps, Path(tmp) / f"job{r}")
+            return args.members * steps, bare_steps_per_sec(to_train_config(cfg), args.steps)
+
         ratio = median_ratio(args.rounds, measure, ("ihlab", "bare loop"))
-    print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {ratio:.3f}")
+        print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {ratio:.3f}")
+        names = (f"ensemble of {args.members} (member-steps/s)", "bare loop")
+        ensemble = median_ratio(args.rounds, measure_job, names)
+        print(
+            f"ensemble ratio (member-steps/s of {args.members} seeds / bare single-run steps/s), "
+            f"median of {args.rounds}: {ensemble:.3f}"
+        )
 
 
 if __name__ == "__main__":

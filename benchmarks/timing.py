@@ -31,17 +31,21 @@ class StepTimer(L.Callback):
 
 
 def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
-    """Training steps per second after WARMUP steps, with the config's clamps, no evaluation."""
+    """Training steps per second after WARMUP steps, with the config's clamps, no evaluation (an
+    ensemble's steps: each trains every member of `config.seeds`)."""
     config.trainer.max_steps = steps
     config.trainer.eval_every = steps + 1  # training steps only
     config.trainer.score_every = 0
-    task = make_datamodule(config.data, config.seed)
-    csv = MetricsCSV(out / "metrics.csv", config.data.batch_size)
-    module = build_module(config, [Member(config.seed, task, [csv])])
+    seeds = config.seeds or [config.seed]
+    members = []
+    for seed in seeds:
+        csv = MetricsCSV(out / f"s{seed}" / "metrics.csv", config.data.batch_size)
+        members.append(Member(seed, make_datamodule(config.data, seed), [csv]))
+    module = build_module(config, members)
     trainer = build_trainer(config, out)
     timer = StepTimer()
     trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=MemberData([task]))
+    trainer.fit(module, datamodule=MemberData([m.task for m in members]))
     return timer.steps_per_sec
 
 

@@ -27,7 +27,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def quiet(overrides: list[str]) -> list[str]:
     """Tests train without W&B (unless they test it) and without a progress bar."""
-    return ["logger=csv", "trainer.progress_bar=false", *overrides]
+    return ["wandb=off", "trainer.progress_bar=false", *overrides]
 
 
 @pytest.fixture

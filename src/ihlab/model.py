@@ -237,7 +237,10 @@ class Transformer(nn.Module):
         if "tokens" in inputs:
             return self.embed_tokens(inputs["tokens"])
         labels = inputs["labels"]  # (batch, pos), -1 at exemplar positions
-        exemplars = self.embed_features(inputs["features"])  # (batch, pos, d_model)
+        features = inputs["features"]  # (batch, pos, d_features)
+        # on rows, (batch * pos, d_features): under vmap a 3-d input to a per-member Linear
+        # broadcasts the weight over the batch (a copy per sequence); rows make it one bmm
+        exemplars = self.embed_features(features.flatten(0, 1)).unflatten(0, features.shape[:2])
         label_vecs = self.embed_labels(labels.clamp(min=0))  # (batch, pos, d_model)
         return torch.where((labels >= 0)[..., None], label_vecs, exemplars)
 

@@ -19,15 +19,15 @@ SHORT = ("trainer.max_steps=40", "trainer.eval_every=20", "trainer.score_every=2
 
 def test_clamp_group_names_the_condition(make_config) -> None:
     assert make_config(*FEWSHOT).condition == "baseline"
-    assert make_config(*FEWSHOT, "clamp=match_copy").condition == "match+copy"
-    config = make_config(*FEWSHOT, "clamp=[single_head,prev_token]")
+    assert make_config(*FEWSHOT, "clamps=match_copy").condition == "match+copy"
+    config = make_config(*FEWSHOT, "clamps=[single_head,prev_token]")
     assert config.condition == "single_head+prev_token"
-    assert make_config(*FEWSHOT, "clamp=single_head_copy").clamps["copy"].heads == [0]
-    assert make_config(*FEWSHOT, "clamp=prev_token", "condition=mine").condition == "mine"
+    assert make_config(*FEWSHOT, "clamps=single_head_copy").clamps["copy"].heads == [0]
+    assert make_config(*FEWSHOT, "clamps=prev_token", "condition=mine").condition == "mine"
 
 
 def test_every_shipped_clamp_config_validates(make_config) -> None:
-    clamp_dir = Path(__file__).parents[2] / "conf" / "clamp"
+    clamp_dir = Path(__file__).parents[2] / "conf" / "clamps"
     for path in sorted(clamp_dir.glob("*.yaml")):
         base = ("experiment=induction_2l",) if path.stem == "induction" else FEWSHOT
         required = {
@@ -35,7 +35,7 @@ def test_every_shipped_clamp_config_validates(make_config) -> None:
             "custom": "clamps.custom.site=logits",
         }
         make_config(
-            *base, f"clamp={path.stem}", *([required[path.stem]] if path.stem in required else [])
+            *base, f"clamps={path.stem}", *([required[path.stem]] if path.stem in required else [])
         )
 
 
@@ -43,7 +43,7 @@ def test_clamped_heads_show_the_clamp_inside_its_window_only(run_training, tmp_p
     summary = run_training(
         *FEWSHOT,
         *SHORT,
-        "clamp=prev_token",
+        "clamps=prev_token",
         "+clamps.prev_token.windows=[{start: 0, stop: 30}]",
         "trainer.eval_unclamped=true",
     )
@@ -68,7 +68,7 @@ def test_graft_from_a_finished_runs_checkpoint(run_training, tmp_path: Path) -> 
     summary = run_training(
         *FEWSHOT,
         *SHORT,
-        "clamp=graft",
+        "clamps=graft",
         f"clamps.graft.checkpoint={checkpoint}",
         name="grafted",
     )
@@ -76,7 +76,7 @@ def test_graft_from_a_finished_runs_checkpoint(run_training, tmp_path: Path) -> 
     grafted = run_training(
         *FEWSHOT,
         *SHORT,
-        "clamp=graft",
+        "clamps=graft",
         f"clamps.graft.checkpoint={checkpoint}",
         "clamps.graft.site=logits",
         name="logits",
@@ -95,13 +95,13 @@ def test_graft_from_a_finished_runs_checkpoint(run_training, tmp_path: Path) -> 
     ("override", "message"),
     [
         ("clamps.prev_token.site=blocks.2.attn.pattern", "site 'blocks.2.attn.pattern' does"),
-        ("clamp=[prev_token,graft]", "clamps.graft: value graft needs checkpoint=PATH"),
+        ("clamps=[prev_token,graft]", "clamps.graft: value graft needs checkpoint=PATH"),
         ("clamps.prev_token.heads=[8]", "clamps.prev_token: head 8 does not exist"),
         ("clamps.prev_token.value=copy", "clamps.prev_token: value copy"),
     ],
 )
 def test_bad_clamp_fails_before_training(override: str, message: str, tmp_path: Path) -> None:
-    cfg = compose_config(quiet([*FEWSHOT, "clamp=prev_token", override]))  # a later clamp= wins
+    cfg = compose_config(quiet([*FEWSHOT, "clamps=prev_token", override]))  # a later clamps= wins
     with pytest.raises(SystemExit, match=message):
         run_job(cfg, tmp_path, multirun=False)
     assert not (tmp_path / "checkpoints").exists()
@@ -111,7 +111,7 @@ def test_bad_clamp_fails_before_training(override: str, message: str, tmp_path: 
 
 def test_an_unknown_clamp_key_fails_at_composition() -> None:
     with pytest.raises(Exception, match="valu"):
-        compose_config(quiet([*FEWSHOT, "clamp=prev_token", "clamps.prev_token.valu=zero"]))
+        compose_config(quiet([*FEWSHOT, "clamps=prev_token", "clamps.prev_token.valu=zero"]))
 
 
 def test_a_graft_checkpoint_from_another_shape_is_rejected(run_training, tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_a_graft_checkpoint_from_another_shape_is_rejected(run_training, tmp_pat
         run_training(
             *FEWSHOT,
             *SHORT,
-            "clamp=graft",
+            "clamps=graft",
             f"clamps.graft.checkpoint={checkpoint}",
             name="bad",
         )

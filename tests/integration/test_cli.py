@@ -12,7 +12,7 @@ import pytest
 
 IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")  # the console script pip installed
 QUICK = [
-    "logger=csv",
+    "wandb=off",
     "trainer.progress_bar=false",
     "trainer.max_steps=20",
     "trainer.eval_every=10",
@@ -46,7 +46,7 @@ def test_multirun_of_two_jobs_writes_two_complete_run_directories(tmp_path: Path
 @pytest.mark.parametrize("launcher", ["submitit_local", "parallel"])
 def test_multirun_through_submitit_and_joblib_launchers(launcher: str, tmp_path: Path) -> None:
     """The SLURM route (submitit, here its local executor) and local parallel jobs (joblib)."""
-    args = ["-m", f"launcher={launcher}", "clamp=none,prev_token", *QUICK]
+    args = ["-m", f"launcher={launcher}", "clamps=none,prev_token", *QUICK]
     result = ihlab_train(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
@@ -82,7 +82,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
 def test_bad_config_fails_before_training_naming_the_key(
     tmp_path: Path, override: str, expected: str
 ) -> None:
-    result = ihlab_train([override, "logger=csv"], cwd=tmp_path)
+    result = ihlab_train([override, "wandb=off"], cwd=tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr
     assert not list(tmp_path.glob("outputs/**/checkpoints"))
@@ -91,7 +91,7 @@ def test_bad_config_fails_before_training_naming_the_key(
 
 def test_a_multirun_of_ensemble_jobs_splits_seeds_over_parallel_workers(tmp_path: Path) -> None:
     """Two conditions x 2 seeds in one job each, and 4 seeds split over two parallel jobs."""
-    result = ihlab_train(["-m", "clamp=none,prev_token", "seeds=[0,1]", *QUICK], cwd=tmp_path)
+    result = ihlab_train(["-m", "clamps=none,prev_token", "seeds=[0,1]", *QUICK], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())

@@ -45,7 +45,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for num, (clamp, seed) in enumerate(
         [("none", 0), ("none", 1), ("subcircuit_a", 0), ("subcircuit_a", 1)]
     ):
-        cfg = compose_config(quiet([*SHORT, f"clamp={clamp}", f"seed={seed}"]))
+        cfg = compose_config(quiet([*SHORT, f"clamps={clamp}", f"seed={seed}"]))
         assert f"{num}_{cfg.condition}_s{seed}" == RUNS[num]
         train(to_train_config(cfg), root / RUNS[num], OmegaConf.to_container(cfg, resolve=True))
     failed = root / "4_baseline_s2"

@@ -64,7 +64,7 @@ def assert_close_runs(member: Path, single: Path) -> None:
     "overrides",
     [
         (),
-        (*FEWSHOT, "clamp=[prev_token,match]", "trainer.eval_unclamped=true"),
+        (*FEWSHOT, "clamps=[prev_token,match]", "trainer.eval_unclamped=true"),
     ],
     ids=["tokens", "clamped_fewshot"],
 )
@@ -162,14 +162,14 @@ def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch) -> None:
 
 
 CLAMPED_CONFIGS = {
-    "zero": ["clamp=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.heads=[1]"],
-    "mean": ["clamp=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.value=mean"],
-    "prev_token": ["clamp=prev_token"],
-    "match_copy": ["clamp=match_copy"],
-    "multipass": ["clamp=subcircuit_a"],
-    "single_head": ["clamp=single_head"],
+    "zero": ["clamps=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.heads=[1]"],
+    "mean": ["clamps=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.value=mean"],
+    "prev_token": ["clamps=prev_token"],
+    "match_copy": ["clamps=match_copy"],
+    "multipass": ["clamps=subcircuit_a"],
+    "single_head": ["clamps=single_head"],
     "pattern_preserving": [
-        "clamp=custom",
+        "clamps=custom",
         "clamps.custom.site=blocks.0.attn.z",
         "clamps.custom.heads=[0]",
         "clamps.custom.value=pattern_preserving",
@@ -211,9 +211,9 @@ def test_grafts_and_token_clamps_give_each_member_its_own_forward(
     tmp_path: Path, clamp: str
 ) -> None:
     donor = tmp_path / "donor.ckpt"
-    extra = ["clamp=induction"]
+    extra = ["clamps=induction"]
     if clamp == "graft":
-        extra = ["clamp=graft", f"clamps.graft.checkpoint={donor}"]
+        extra = ["clamps=graft", f"clamps.graft.checkpoint={donor}"]
         base = to_train_config(compose_config(quiet(["experiment=induction_2l"])))
         task = make_datamodule(base.data, 7)
         module = build_module(base, [Member(7, task)])

@@ -106,8 +106,8 @@ def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
     """README's clamp table, seed 0 (Singh et al.): unclamped 1700, previous-token attention
     clamped 700 (47% shorter over seeds 0-2), subcircuit A 300 (82% shorter, no plateau)."""
     short = ("experiment=fewshot_fast", "data.eval_size=500", "trainer.score_every=0")
-    prev = run_training(*short, "clamp=prev_token", "trainer.max_steps=1200", name="prev")
-    a = run_training(*short, "clamp=subcircuit_a", "trainer.max_steps=600", name="a")
+    prev = run_training(*short, "clamps=prev_token", "trainer.max_steps=1200", name="prev")
+    a = run_training(*short, "clamps=subcircuit_a", "trainer.max_steps=600", name="a")
     free_at = fewshot_fast[0]["learning_time"]["step"]
     prev_at, a_at = prev["learning_time"]["step"], a["learning_time"]["step"]
     assert free_at is not None and prev_at is not None and a_at is not None

@@ -48,7 +48,7 @@ RUN = (
     "data.eval_size=128",
     "data.eval_batch_size=64",
 )
-CLI = ["logger=csv", "trainer.progress_bar=false", *RUN]
+CLI = ["wandb=off", "trainer.progress_bar=false", *RUN]
 EXACT = ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv", "loss_pca.csv")
 
 
@@ -504,7 +504,7 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path: P
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
         run_in_process(tmp_path / "resumed", f"ckpt_path={ckpt}")
     with pytest.raises(ConfigError, match="arbitrary unpickling"):
-        run_in_process(tmp_path / "grafted", "clamp=graft", f"clamps.graft.checkpoint={ckpt}")
+        run_in_process(tmp_path / "grafted", "clamps=graft", f"clamps.graft.checkpoint={ckpt}")
     grafted = json.loads((tmp_path / "grafted" / "summary.json").read_text())
     assert grafted["status"] == "failed" and "arbitrary unpickling" in grafted["error"]
     assert not marker.exists()

@@ -14,7 +14,7 @@ from ihlab.dynamics import detect_phase_change
 
 SHORT = (
     "experiment=fewshot_fast",
-    "clamp=subcircuit_a",
+    "clamps=subcircuit_a",
     "data.eval_size=100",
     "data.n_train_classes=200",
     "optim.lr=1e-3",

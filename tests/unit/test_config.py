@@ -110,7 +110,7 @@ def test_bad_trainer_value_names_the_key(make_config) -> None:
         (["data.batch_size=0"], "data.batch_size=0 must be positive"),
         (["experiment=fewshot_fast", "data.epsilon=-1"], "data.epsilon=-1.0 must be >= 0"),
         (
-            ["clamp=prev_token", "experiment=fewshot_fast", "clamps.prev_token.heads=[9]"],
+            ["clamps=prev_token", "experiment=fewshot_fast", "clamps.prev_token.heads=[9]"],
             "clamps.prev_token: head 9 does not exist",
         ),
     ],

@@ -88,7 +88,7 @@ def test_every_grid_point_composes_into_its_own_online_run(path: Path) -> None:
         cfg = compose_config(argv[1:])
         config = to_train_config(cfg)  # every value checked, as before any work
         for key, value in point.items():
-            if key not in ("experiment", "clamp"):  # config groups, not keys
+            if key not in ("experiment", "clamps"):  # config groups, not keys
                 assert OmegaConf.select(cfg, key) == value, key
         assert config.wandb.mode == WandbMode.online and config.wandb.project == "ihlab"
         assert config.trainer.threads == 1
