@@ -315,7 +315,8 @@ def _train(
                 write_text_atomic(
                     run.run_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(run.resolved)
                 )
-            members.append(make_member(run, plan, start_step, ensemble))
+            sweep_run = run is runs[0]  # a sweep agent's run id goes to the first member
+            members.append(make_member(run, plan, start_step, ensemble, sweep_run))
         what = f"{len(runs)} seeds of " if ensemble else ""
         log.info(
             "%s %s%s in %s",
@@ -413,9 +414,11 @@ def job_record(
     return record
 
 
-def make_member(run: MemberRun, plan: RunPlan, start_step: int, ensemble: bool) -> Member:
+def make_member(
+    run: MemberRun, plan: RunPlan, start_step: int, ensemble: bool, sweep_run: bool
+) -> Member:
     """A seed's task, loggers and tables; on a resume its rows after the checkpoint are dropped
-    (they are redone)."""
+    (they are redone). `sweep_run`: this member's W&B run may be a sweep agent's."""
     cfg = run.config
     task = make_datamodule(cfg.data, run.seed)
     tables = run_tables(task, run.run_dir)
@@ -425,7 +428,7 @@ def make_member(run: MemberRun, plan: RunPlan, start_step: int, ensemble: bool) 
             table.truncate_after(start_step)
     loggers: list[Any] = [csv_logger]
     if cfg.wandb.mode != WandbMode.disabled:
-        loggers.append(make_wandb_logger(cfg, run.run_dir, run.resolved))
+        loggers.append(make_wandb_logger(cfg, run.run_dir, run.resolved, sweep_run))
     checkpoints = run.run_dir / "checkpoints" if ensemble else None
     return Member(run.seed, task, loggers, tables, checkpoints)
 

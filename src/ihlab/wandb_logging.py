@@ -3,6 +3,9 @@ run per run directory (a resume continues it), and the run summary's headline ke
 
 from __future__ import annotations
 
+import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ from ihlab.atomic import write_text_atomic
 from ihlab.config import TrainConfig
 
 RUN_ID = Path("wandb") / "ihlab-run-id"  # in the run directory: the id of its W&B run
+AGENT_RUN_ID = "WANDB_RUN_ID"  # set by a sweep agent for the run it starts
 
 
 def previous_run_id(run_dir: Path) -> str | None:
@@ -19,13 +23,26 @@ def previous_run_id(run_dir: Path) -> str | None:
     return path.read_text().strip() or None if path.is_file() else None
 
 
-def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, Any]) -> Any:
+def new_run_id() -> str:
+    """A fresh W&B run id: 8 random lowercase letters and digits, like wandb's own."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def make_wandb_logger(
+    config: TrainConfig, run_dir: Path, resolved: dict[str, Any], sweep_run: bool = True
+) -> Any:
     """A Lightning WandbLogger for the run, with every metric on the optimizer-step axis. A run
     resumed in its own directory continues its W&B run (same id, resume="allow"), so its curves
-    stay in one run; a fresh one gets a new id (or a sweep agent's, from WANDB_RUN_ID)."""
+    stay in one run; a fresh one gets a new id, or, if it is the `sweep_run`, a sweep agent's
+    (WANDB_RUN_ID). A sweep agent starts one W&B run per command: in an ensemble job
+    it launched, the first member is that run, reporting to the sweep, and the other members are
+    runs of their own in the same group (they would otherwise all claim the agent's id)."""
     from lightning.pytorch.loggers import WandbLogger
 
     w = config.wandb
+    fresh = os.environ.get(AGENT_RUN_ID) if sweep_run else new_run_id()
+    run_id = previous_run_id(run_dir) or fresh
     logger = WandbLogger(
         name=config.run_name,
         group=config.group,
@@ -36,7 +53,7 @@ def make_wandb_logger(config: TrainConfig, run_dir: Path, resolved: dict[str, An
         save_dir=str(run_dir),
         mode=w.mode.value,
         config=resolved,
-        id=previous_run_id(run_dir),
+        id=run_id,
         resume="allow",
         reinit="create_new",  # an ensemble job logs one W&B run per seed, side by side
     )

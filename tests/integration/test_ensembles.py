@@ -259,3 +259,17 @@ def test_each_member_logs_its_own_wandb_run(tmp_path: Path) -> None:
         assert logged == pytest.approx(rows)  # this member's numbers, not the other's
         ids.add(record["run"].run_id)
     assert len(ids) == 2
+
+
+def test_an_ensemble_launched_by_a_sweep_agent_gives_the_agents_run_to_its_first_member(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A sweep agent sets WANDB_RUN_ID for the one run it starts: the first member is that run
+    (it reports to the sweep), the others get runs of their own instead of all claiming it."""
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
+    overrides = ["trainer.progress_bar=false", "trainer.threads=1", *SHORT]
+    cfg = compose_config([*overrides, "trainer.max_steps=20", "seeds=[3,4,5]"])
+    train(to_train_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True))
+    ids = [read_offline_wandb(tmp_path / f"baseline_s{s}")["run"].run_id for s in (3, 4, 5)]
+    assert ids[0] == "agentrun"
+    assert len(set(ids)) == 3 and all(len(i) == 8 and i.isalnum() for i in ids[1:])

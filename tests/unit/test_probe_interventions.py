@@ -86,6 +86,31 @@ def test_knockout_mask_blocks_what_followed_earlier_occurrences() -> None:
     assert not mask[:4].any()
 
 
+def test_words_of_one_category_share_a_knockout_key_and_categories_differ() -> None:
+    """WordSeq's knockout treats a category's words as one token: the last token of "dog" and of
+    "cat" (animal) get one key, of "red" (colour) another; every other token keeps its id."""
+    from ihlab.probe.evaluate import encode
+    from ihlab.probe.tasks import Piece, Prompt
+
+    pieces = [Piece("ab"), Piece("dog", "animal"), Piece(":"), Piece("cat", "animal")]
+    pieces += [Piece("red", "colour"), Piece("dog", "animal")]
+    prompt = Prompt("wordseq1", 1, pieces, 0, ("Foo", "Bar"))
+    ids, keys = encode(CharTokenizer(), prompt)
+    char = [2 + ord(c) % 290 for c in "abdog:catreddog"]  # CharTokenizer's ids, by hand
+    assert ids == [0, *char]
+    animal, colour = keys[5], keys[12]
+    assert animal < 0 and colour < 0 and animal != colour  # never equal to a token id
+    expected = [0, *char]
+    expected[5] = expected[9] = expected[15] = animal
+    expected[12] = colour
+    assert keys == expected
+    blocked = knockout_mask(torch.tensor([keys]))[0]  # (query, key)
+    assert blocked[9].nonzero().flatten().tolist() == [6]  # cat: what followed dog
+    assert blocked[15].nonzero().flatten().tolist() == [6, 10]  # dog: what followed dog and cat
+    assert blocked[12].nonzero().flatten().tolist() == []  # the first colour
+    assert not blocked[:6].any()  # nothing inside the first word: no self-knockout
+
+
 def test_head_selection_top_percent_and_matched_random_control() -> None:
     scores = torch.arange(40, dtype=torch.float32).view(4, 10)  # (layer, head)
     top = top_heads(scores, 3)

@@ -59,6 +59,7 @@ def test_there_are_sweep_files() -> None:
     assert [p.name for p in SWEEPS] == [
         "data_dependence.yaml",
         "singh_clamps.yaml",
+        "singh_clamps_ensembles.yaml",
         "singh_scaling.yaml",
         "smeared_vs_plain.yaml",
     ]
@@ -93,9 +94,10 @@ def test_every_grid_point_composes_into_its_own_online_run(path: Path) -> None:
         assert config.wandb.mode == WandbMode.online and config.wandb.project == "ihlab"
         assert config.trainer.threads == 1
         names.append(config.run_name)
-        condition = tuple((k, v) for k, v in point.items() if k != "seed")
+        condition = tuple((k, str(v)) for k, v in point.items() if k != "seed")
         groups.setdefault(config.group, set()).add(condition)
     assert len(set(names)) == len(points)  # every run its own W&B name
     # one group per condition: the seeds of a condition together, conditions apart
     assert all(len(conditions) == 1 for conditions in groups.values())
-    assert len(groups) == len({tuple((k, v) for k, v in p.items() if k != "seed") for p in points})
+    conditions = {tuple((k, str(v)) for k, v in p.items() if k != "seed") for p in points}
+    assert len(groups) == len(conditions)

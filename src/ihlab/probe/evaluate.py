@@ -63,17 +63,20 @@ class Row:
 
 def encode(tokenizer: object, prompt: Prompt) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (BOS first, pieces tokenized one by one) and a knockout key per
-    token: the token id, or one shared negative key per category for category-word pieces."""
+    token: the token id, except at the last token of a category word, which gets its category's
+    key (one negative key per category). The word's last token is where it is read as a whole, so
+    a later word of the category is kept from attending to what followed an earlier one; giving
+    every token of a word the category key would also make a word's second token "follow" its
+    first and knock out attention inside the word."""
     bos = getattr(tokenizer, "bos_token_id", None)
     ids, keys = ([bos], [bos]) if bos is not None else ([], [])
     categories: dict[str, int] = {}
     for piece in prompt.pieces:
         piece_ids = tokenizer(piece.text, add_special_tokens=False)["input_ids"]
         ids += piece_ids
-        if piece.key is None:
-            keys += piece_ids
-        else:
-            keys += [-1 - categories.setdefault(piece.key, len(categories))] * len(piece_ids)
+        keys += piece_ids
+        if piece.key is not None and piece_ids:
+            keys[-1] = -1 - categories.setdefault(piece.key, len(categories))
     return ids, keys
 
 
