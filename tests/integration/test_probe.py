@@ -126,10 +126,14 @@ BAD_INPUTS = {
 def test_bad_probe_inputs_fail_before_the_model_loads_and_write_nothing(
     case: str, config_only_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import huggingface_hub.constants
+
     from ihlab.probe.app import run_probe
 
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
+    # read once at import: without this a hub lookup waits for the network to time out
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     make, message = BAD_INPUTS[case]
     out = tmp_path / "run"
     out.mkdir()
