@@ -376,6 +376,19 @@ def _train(
     return result
 
 
+def with_segment(
+    plan: RunPlan, start_step: int, step: int, status: str, started: float
+) -> list[dict[str, Any]]:
+    """The record's segments: the earlier ones of a resumed run, then this process's."""
+    segment = {
+        "from_step": start_step,
+        "to_step": step,
+        "status": status,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return [*(plan.previous or {}).get("segments", []), segment]
+
+
 def job_record(
     config: TrainConfig,
     run_dir: Path,
@@ -389,13 +402,7 @@ def job_record(
 ) -> dict[str, Any]:
     """An ensemble job's own record, `ensemble.json` (not summary.json: the job directory is not
     a run, so ihlab-compare looks inside it for its members' run directories)."""
-    segment = {
-        "from_step": start_step,
-        "to_step": step,
-        "status": status,
-        "wall_time_s": time.perf_counter() - started,
-    }
-    segments = [*(plan.previous or {}).get("segments", []), segment]
+    segments = with_segment(plan, start_step, step, status, started)
     record = {
         "name": config.name,
         "condition": config.condition,
@@ -500,13 +507,7 @@ def finish(
 ) -> dict[str, Any]:
     """The run's summary, the earlier segments of a resumed run included."""
     summary = summarize(config, run_dir, step, learning, status)
-    segment = {
-        "from_step": start_step,
-        "to_step": step,
-        "status": status,
-        "wall_time_s": time.perf_counter() - started,
-    }
-    segments = [*(plan.previous or {}).get("segments", []), segment]
+    segments = with_segment(plan, start_step, step, status, started)
     summary.update(
         status=status,
         **stop,
