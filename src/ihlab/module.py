@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from ihlab.atomic import open_atomic
-from ihlab.clamps import ClampContext, ClampSet, ValueKind
+from ihlab.clamps import ClampContext, ClampSet
 from ihlab.config import TrainerConfig
 from ihlab.data.base import Batch, SplitMetrics, Task
 from ihlab.members import MemberData, member_batch, member_state, param_key, param_name
@@ -131,10 +131,10 @@ class LabModule(L.LightningModule):
     def prepare(self, data: MemberData) -> None:
         """Take the members' fixed batches: the probe batch and the mean clamps' reference."""
         self.probe = data.probe_batch()
-        means = [c.cfg.reference_size for c in self.clamps.clamps if c.kind == ValueKind.mean]
+        size = self.clamps.reference_size()
         self.reference: Batch | None = None  # the mean clamps' reference inputs, (member, ...)
-        if means:
-            batch = data.reference_batch(max(means))
+        if size:
+            batch = data.reference_batch(size)
             inputs = [
                 m.task.model_inputs(member_batch(batch, k)) for k, m in enumerate(self.members)
             ]

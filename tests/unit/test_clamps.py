@@ -18,17 +18,17 @@ from ihlab.clamps import (
     ClampContext,
     ClampSet,
     HeadSelect,
-    ValueKind,
     Window,
     build_clamp_set,
     check_clamps,
-    shifted,
 )
 from ihlab.data import FewShotConfig, RepeatedTokensConfig
 from ihlab.data.base import ModelIO
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig, Positional, Transformer, shape_state
 from ihlab.sites import SiteHooks
+from ihlab.values import VALUES
+from ihlab.values.multipass import shifted
 
 N_LABELS, D_FEATURES, N_HEADS = 5, 6, 4
 FEWSHOT_IO = ModelIO(n_ctx=5, d_features=D_FEATURES, n_labels=N_LABELS, d_vocab_out=N_LABELS)
@@ -125,13 +125,13 @@ def test_constant_holds_the_selected_positions() -> None:
         assert torch.equal(x[:, [0, 4]], torch.full_like(x[:, [0, 4]], 0.5))
         assert torch.equal(x[:, 1:4], free[:, 1:4])
 
-    cfg = ClampConfig(site=site, value=ValueKind.constant, constant=0.5, positions=[0, -1])
+    cfg = ClampConfig(site=site, value="constant", constant=0.5, positions=[0, -1])
     train_and_check(clamp_set(c=cfg), [site], check)
 
 
 def test_mean_is_the_reference_batch_mean_under_the_current_parameters() -> None:
     site = "blocks.0.attn.v"
-    clamps = clamp_set(m=ClampConfig(site=site, value=ValueKind.mean, heads=[2]))
+    clamps = clamp_set(m=ClampConfig(site=site, value="mean", heads=[2]))
     reference = fewshot_batch(99, batch=16)
     clamps.reference = inputs_of(reference)
 
@@ -155,7 +155,7 @@ def test_previous_token_pattern() -> None:
         assert torch.equal(p[:, 0], ideal.expand_as(p[:, 0]))
         assert torch.equal(p[:, 1:], clean(model, batch, [site])[site][:, 1:])
 
-    cfg = ClampConfig(site=site, value=ValueKind.previous_token, heads=[0])
+    cfg = ClampConfig(site=site, value="previous_token", heads=[0])
     train_and_check(clamp_set(prev=cfg), [site], check)
 
 
@@ -171,7 +171,7 @@ def test_match_sets_the_query_row_and_nothing_else() -> None:
             assert torch.equal(p[b, :, 4], row.expand(N_HEADS, 5))
         assert torch.equal(p[:, :, :4], free[:, :, :4])
 
-    cfg = ClampConfig(site=site, value=ValueKind.match, strength=0.8)
+    cfg = ClampConfig(site=site, value="match", strength=0.8)
     train_and_check(clamp_set(match=cfg), [site], check)
 
 
@@ -187,7 +187,7 @@ def test_induction_pattern_on_repeated_tokens() -> None:
                 row[hits or [0]] = 1.0 / max(len(hits), 1)
                 assert torch.equal(cache[site][b, 1, q], row)
 
-    cfg = ClampConfig(site=site, value=ValueKind.induction, heads=[1])
+    cfg = ClampConfig(site=site, value="induction", heads=[1])
     clamps = build_clamp_set({"ind": cfg}, MODEL, TOKENS_IO)
     train_and_check(clamps, [site], check, tokens=True)
 
@@ -205,7 +205,7 @@ def test_perfect_copy_gives_the_heads_scores_to_the_context_labels() -> None:
         free = clean(model, batch, ["logits", scores])["logits"]  # same attention path
         assert torch.equal(logits[:, :4], free[:, :4])
 
-    cfg = ClampConfig(site="logits", value=ValueKind.copy, source=scores, heads=[0, 2])
+    cfg = ClampConfig(site="logits", value="copy", source=scores, heads=[0, 2])
     train_and_check(clamp_set(copy=cfg), ["logits", scores], check)
 
 
@@ -240,7 +240,7 @@ def test_multipass_layer1_clamp() -> None:
         unclamped = clean(model, batch, [pattern])[pattern]
         assert not torch.allclose(cache[pattern], unclamped)  # the clamp changed them
 
-    cfg = ClampConfig(site=site, value=ValueKind.multipass)
+    cfg = ClampConfig(site=site, value="multipass")
     train_and_check(clamp_set(a=cfg), [site, embed, pattern], check)
 
 
@@ -253,7 +253,7 @@ def test_multipass_is_causal(tokens: bool) -> None:
     torch.manual_seed(0)
     model = Transformer(MODEL, io)
     clamps = build_clamp_set(
-        {"a": ClampConfig(site="blocks.0.resid_post", value=ValueKind.multipass)}, MODEL, io
+        {"a": ClampConfig(site="blocks.0.resid_post", value="multipass")}, MODEL, io
     )
     batch = inputs_of(token_batch(0) if tokens else fewshot_batch(0))
 
@@ -292,7 +292,7 @@ def test_graft_takes_the_site_from_another_runs_checkpoint(tmp_path: Path) -> No
     def check(model, batch, cache):
         assert torch.equal(cache[site], clean(source, batch, [site])[site])
 
-    cfg = ClampConfig(site=site, value=ValueKind.graft, checkpoint=str(path))
+    cfg = ClampConfig(site=site, value="graft", checkpoint=str(path))
     train_and_check(clamp_set(graft=cfg), [site], check)
 
 
@@ -309,7 +309,7 @@ def test_preserving_ablations_zero_the_head_and_freeze_the_later_layers(kind: st
         model(inputs_of(batch), hooks)  # a plain ablation changes the frozen site
         assert not torch.equal(cache[frozen], hooks.cache[frozen])
 
-    cfg = ClampConfig(site=site, value=ValueKind(kind), heads=[1])
+    cfg = ClampConfig(site=site, value=kind, heads=[1])
     train_and_check(clamp_set(ablate=cfg), [site, frozen], check)
 
 
@@ -321,17 +321,93 @@ def test_ablate_others_keeps_only_the_named_heads() -> None:
         assert torch.equal(v[:, :, 1:], torch.zeros_like(v[:, :, 1:]))
         assert torch.equal(v[:, :, 0], clean(model, batch, [site])[site][:, :, 0])
 
-    cfg = ClampConfig(site=site, value=ValueKind.ablate_others, heads=[0])
+    cfg = ClampConfig(site=site, value="ablate_others", heads=[0])
     train_and_check(clamp_set(single=cfg), [site], check)
 
 
-def test_every_value_kind_is_tested() -> None:
-    tested = {
-        "zero", "constant", "mean", "previous_token", "match", "induction", "copy", "multipass",
-        "graft", "pattern_preserving", "value_preserving", "ablate_others",
-        "knockout",  # the probe's: rejected for training (BAD below), tested in test_probe_*
-    }  # fmt: skip
-    assert {k.value for k in ValueKind} == tested
+def test_knockout_blocks_attention_to_what_followed_earlier_occurrences() -> None:
+    site, scores = "blocks.1.attn.pattern", "blocks.1.attn.scores"
+
+    def check(model, batch, cache):
+        tokens, free = batch["tokens"], clean(model, batch, [scores])[scores]
+        for b in range(tokens.shape[0]):
+            for q in range(tokens.shape[1]):
+                blocked = [k for k in range(1, q + 1) if tokens[b, k - 1] == tokens[b, q]]
+                row = free[b, 2, q].clone()
+                row[blocked] = -torch.inf
+                assert torch.equal(cache[scores][b, 2, q], row)
+                assert torch.all(cache[site][b, 2, q, blocked] == 0)
+        assert torch.equal(cache[scores][:, [0, 1, 3]], free[:, [0, 1, 3]])
+
+    cfg = ClampConfig(site=scores, value="knockout", heads=[2])
+    clamps = build_clamp_set({"ko": cfg}, MODEL, TOKENS_IO)
+    train_and_check(clamps, [site, scores], check, tokens=True)
+
+
+# The registry: every value kind keeps the contract of `ihlab.values.base`.
+
+REGISTRY_EXAMPLES = {  # value -> (clamp, token data?)
+    "zero": (ClampConfig(site="blocks.0.attn.z", heads=[1]), False),
+    "constant": (ClampConfig(site="blocks.1.resid_pre", value="constant", constant=0.5), False),
+    "mean": (ClampConfig(site="blocks.0.attn.v", value="mean", heads=[2]), False),
+    "previous_token": (ClampConfig(site="blocks.0.attn.pattern", value="previous_token"), False),
+    "match": (ClampConfig(site="blocks.1.attn.pattern", value="match", heads=[0]), False),
+    "induction": (ClampConfig(site="blocks.1.attn.pattern", value="induction"), True),
+    "copy": (ClampConfig(site="logits", value="copy", source="blocks.1.attn.scores"), False),
+    "multipass": (ClampConfig(site="blocks.0.resid_post", value="multipass"), False),
+    "graft": (ClampConfig(site="blocks.0.resid_post", value="graft"), False),
+    "pattern_preserving": (ClampConfig(site="blocks.0.attn.z", value="pattern_preserving"), False),
+    "value_preserving": (ClampConfig(site="blocks.0.attn.v", value="value_preserving"), False),
+    "ablate_others": (ClampConfig(site="blocks.1.attn.z", value="ablate_others", heads=[0]), False),
+    "knockout": (ClampConfig(site="blocks.1.attn.scores", value="knockout", heads=[3]), True),
+}
+
+
+def test_every_registered_value_has_an_example_here() -> None:
+    assert set(REGISTRY_EXAMPLES) == set(VALUES)
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_every_value_holds_its_entries_and_follows_its_gradient_rule(
+    name: str, tmp_path: Path
+) -> None:
+    """At the clamped site, held entries get no gradient from what they replace (the computed
+    input), and reach the parameters through the value exactly when the class says
+    `differentiable`; the rest of the site is the computed input itself."""
+    cfg, tokens = REGISTRY_EXAMPLES[name]
+    io = TOKENS_IO if tokens else FEWSHOT_IO
+    if name == "graft":
+        cfg.checkpoint = str(tmp_path / "source.ckpt")
+        state = {f"model.{k}": v for k, v in fewshot_model(seed=3).state_dict().items()}
+        torch.save({"state_dict": state, "ihlab_model": shape_state(MODEL, io)}, cfg.checkpoint)
+    check_clamps({"c": cfg}, MODEL, TOK if tokens else FEW)
+    clamps = build_clamp_set({"c": cfg}, MODEL, io)
+    batch = token_batch(0) if tokens else fewshot_batch(0)
+    clamps.reference = inputs_of(fewshot_batch(99))
+    torch.manual_seed(0)
+    model = Transformer(MODEL, io)
+    hooks = clamps.hooks(model, ClampContext(inputs_of(batch), batch.get("target"), 0))
+    seen: dict[str, Tensor] = {}
+    held_at = hooks.interventions[cfg.site]
+
+    def record(x: Tensor) -> Tensor:
+        seen["x"] = x.detach().requires_grad_()  # the computed input, cut from the graph
+        seen["out"] = held_at(seen["x"])
+        return seen["out"]
+
+    hooks.interventions[cfg.site] = record
+    model(inputs_of(batch), hooks)
+    x, out = seen["x"], seen["out"]
+    (from_x,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    held = from_x == 0
+    assert held.any()
+    assert torch.equal(out[~held], x[~held])
+    parameters = list(model.parameters())
+    through_value = torch.autograd.grad(
+        torch.where(held, out, 0).sum(), parameters, allow_unused=True
+    )
+    reaches = any(g is not None and bool(g.any()) for g in through_value)
+    assert reaches == VALUES[name].differentiable
 
 
 # Upstream sites, windows, selection by score.
@@ -345,7 +421,7 @@ def test_sites_before_the_clamp_are_untouched() -> None:
         for name in upstream:
             assert torch.equal(cache[name], free[name])
 
-    cfg = ClampConfig(site="blocks.1.attn.pattern", value=ValueKind.match)
+    cfg = ClampConfig(site="blocks.1.attn.pattern", value="match")
     train_and_check(clamp_set(match=cfg), upstream, check)
 
 
@@ -371,7 +447,7 @@ def test_heads_chosen_by_a_reference_runs_scores(tmp_path: Path) -> None:
     header = "step,sequences," + ",".join(cols)
     (tmp_path / "metrics.csv").write_text("\n".join([header, *rows]))
     select = HeadSelect(run=str(tmp_path), score="previous_token", top=2, step=50)
-    clamps = clamp_set(p=ClampConfig(site=PAT0, value=ValueKind.previous_token, select=select))
+    clamps = clamp_set(p=ClampConfig(site=PAT0, value="previous_token", select=select))
     assert clamps.clamps[0].heads == [1, 3]
     select.step = 7
     with pytest.raises(ConfigError, match="at step 7"):
@@ -466,17 +542,17 @@ def test_hand_built_values_pass_no_gradient_to_what_they_replace() -> None:
 
 
 def test_values_computed_from_parameters_pass_gradient_through_their_computation() -> None:
-    copy = ClampConfig(site="logits", value=ValueKind.copy, source="blocks.1.attn.scores")
+    copy = ClampConfig(site="logits", value="copy", source="blocks.1.attn.scores")
     g = grads(clamp_set(copy=copy))
     assert torch.all(g["unembed.weight"] == 0)  # the query's logits no longer come from it
     assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 0) != 0)  # but from the scores
 
-    g = grads(clamp_set(a=ClampConfig(site="blocks.0.resid_post", value=ValueKind.multipass)))
+    g = grads(clamp_set(a=ClampConfig(site="blocks.0.resid_post", value="multipass")))
     assert torch.all(g["blocks.0.attn.qkv.weight"] == 0)  # layer 0 is replaced entirely
     assert torch.any(g["embed_features.weight"] != 0)
     assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 1) != 0)
 
-    clamps = clamp_set(m=ClampConfig(site="blocks.0.attn.z", value=ValueKind.mean))
+    clamps = clamp_set(m=ClampConfig(site="blocks.0.attn.z", value="mean"))
     clamps.reference = inputs_of(fewshot_batch(99))
     g = grads(clamps)
     assert torch.any(qkv_rows(g["blocks.0.attn.qkv.weight"], 2) != 0)  # through the mean
@@ -514,7 +590,10 @@ BAD = [
     ({"site": Z0, "value": "graft", "checkpoint": "nowhere.ckpt"}, FEW, "does not exist"),
     ({"site": Z0, "positions": [9]}, FEW, "position 9"),
     ({"site": Z0, "windows": [Window(5, 5)]}, FEW, "window [5, 5)"),
-    ({"site": "blocks.1.attn.scores", "value": "knockout"}, FEW, "is for ihlab-probe"),
+    ({"site": "blocks.1.attn.scores", "value": "knockout"}, FEW, "needs token data"),
+    ({"site": PAT1, "value": "knockout"}, TOK, "needs an attn.scores site"),
+    ({"site": PAT1, "value": "previous", "heads": [0]}, FEW, "Did you mean previous_token?"),
+    ({"site": Z0, "strength": 0.5}, FEW, "strength is only used by value match"),
 ]
 
 

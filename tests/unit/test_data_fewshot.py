@@ -211,6 +211,10 @@ def test_gaussian_features_cluster_by_class() -> None:
     assert abs(float(sq_norm) - 1.01) < 0.05
     spread = (features - features.mean(1, keepdim=True)).pow(2).sum(-1).mean()  # ~ 0.8 eps^2
     assert abs(float(spread) - 0.8 * 0.01) < 0.002
+    # Class means differ: their variance over classes is the centroids' (1, summed over dims) plus
+    # the exemplar noise's share (eps^2 / 5); classes sharing one centroid would give 0.002.
+    between = features.mean(1).var(0).sum()
+    assert abs(float(between) - (1 + 0.01 / 5)) < 0.15
 
 
 def test_hdf5_round_trip(tmp_path: Path) -> None:
@@ -312,6 +316,55 @@ def test_truncated_or_corrupt_hdf5_files_fail_naming_the_file(tmp_path: Path, cu
 def test_bad_config_names_the_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
         FewShotConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n_labels": 2, "n_holdout_pairs": 0},  # one pair: all for training
+        {"n_labels": 5, "n_holdout_pairs": 9},  # 10 pairs, one left for training
+        {"burstiness": 5, "context_pairs": 6, "n_distractor_classes": 1},  # one distractor item
+        {"n_unseen_classes": 3, "n_distractor_classes": 2, "context_pairs": 8, "burstiness": 3},
+        {"epsilon": 0.0},  # exemplars equal their centroid
+        {"batch_size": 1, "eval_size": 1, "eval_batch_size": 1, "probe_size": 1},
+        {"n_classes": 40, "n_train_classes": 20, "n_unseen_classes": 20},  # every class used
+        {"n_exemplars": 3, "train_exemplars": 3},  # no held-out exemplars
+    ],
+)
+def test_the_edges_of_every_range_are_accepted(changes: dict) -> None:
+    FewShotConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"n_labels": 5, "n_holdout_pairs": 10}, "data.n_holdout_pairs"),
+        ({"burstiness": 6, "context_pairs": 6}, "data.burstiness"),
+        (
+            {"n_unseen_classes": 2, "n_distractor_classes": 2, "context_pairs": 8, "burstiness": 3},
+            "data.n_unseen_classes",
+        ),
+        ({"probe_size": 0}, "data.probe_size"),
+        ({"n_classes": 40, "n_train_classes": 21, "n_unseen_classes": 20}, "data.n_train_classes"),
+        ({"n_exemplars": 3, "train_exemplars": 4}, "data.train_exemplars"),
+    ],
+)
+def test_one_past_each_edge_is_rejected(changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        FewShotConfig(**changes)
+
+
+def test_split_sizes_and_every_label_pair(dm: FewShotDataModule) -> None:
+    """The splits partition the classes and the label pairs as configured (counted by hand)."""
+    assert len(dm.train_classes) == CFG.n_train_classes
+    assert len(dm.unseen_classes) == CFG.n_unseen_classes
+    assert not set(dm.train_classes.tolist()) & set(dm.unseen_classes.tolist())
+    every = {(a, b) for a in range(CFG.n_labels) for b in range(a + 1, CFG.n_labels)}
+    train = {tuple(p) for p in dm.train_pairs.tolist()}
+    held = {tuple(p) for p in dm.heldout_pairs.tolist()}
+    assert len(held) == CFG.n_holdout_pairs and not train & held and train | held == every
+    assert dm.learning_time().metric == "eval/train/loss"
+    assert dm.learning_time().threshold == pytest.approx(0.4 * np.log(2), abs=1e-12)
 
 
 def test_structured_config_round_trip() -> None:

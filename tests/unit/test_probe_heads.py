@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ihlab.clamps import induction_pattern
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.heads import PrefixProtocol, copying_scores, head_scores, repeated_token_batch
+from ihlab.sites import SiteHooks
+from ihlab.values.patterns import induction_pattern
 from tiny_hf import ARCHS, PROTOCOL, VOCAB, tiny
 
 
@@ -27,8 +28,8 @@ def test_a_constructed_induction_head_scores_about_1_and_the_others_about_0(arch
     loaded = tiny(arch)
     tokens = repeated_token_batch(loaded, PROTOCOL)
     ideal = induction_pattern(tokens, torch.zeros(()))[:, 0]  # (batch, query, key)
-    state = ProbeState(pattern_override={1: {2: ideal}})
-    scores = head_scores(loaded, PROTOCOL, state)
+    held = {"blocks.1.attn.pattern": lambda p: torch.cat([p[:, :2], ideal[:, None], p[:, 3:]], 1)}
+    scores = head_scores(loaded, PROTOCOL, held)
     prefix = scores["prefix_matching"]  # (layer, head)
     assert prefix.shape == (2, 4)
     assert prefix[1, 2] == pytest.approx(1.0, abs=1e-5)
@@ -92,10 +93,11 @@ def test_the_prefix_protocol_draws_distinct_mid_vocabulary_tokens() -> None:
 def test_probing_state_captures_patterns_of_query_heads_under_gqa() -> None:
     loaded = tiny("llama")
     tokens = repeated_token_batch(loaded, PROTOCOL)
-    with probing(ProbeState(capture_patterns=True)) as state:
+    hooks = SiteHooks(["blocks.0.attn.pattern", "blocks.1.attn.pattern"])
+    with probing(ProbeState(hooks)):
         loaded.model(input_ids=tokens)
-    assert set(state.patterns) == {0, 1}
-    pattern = state.patterns[0]
+    assert set(hooks.cache) == {"blocks.0.attn.pattern", "blocks.1.attn.pattern"}
+    pattern = hooks.cache["blocks.0.attn.pattern"]
     assert pattern.shape == (3, 4, tokens.shape[1], tokens.shape[1])  # 4 query heads, 2 KV heads
     torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:-1]))
     assert torch.all(pattern.triu(1) == 0)  # causal

@@ -14,24 +14,44 @@ from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.evaluate import Condition, prompt_rows, score_conditions
 from ihlab.probe.heads import attention_modules, output_projection, repeated_token_batch
 from ihlab.probe.interventions import (
-    ablation_state,
     check_heads,
-    knockout_mask,
-    knockout_state,
+    clamp_hooks,
+    head_clamps,
     parse_head,
     random_heads,
     top_heads,
 )
 from ihlab.probe.layers import capturing, decoder_layers, starting_at
 from ihlab.probe.tasks import make_prompts
+from ihlab.sites import SiteHooks
+from ihlab.values.knockout import knockout_mask
 from tiny_hf import ARCHS, PROTOCOL, CharTokenizer, tiny
 
 
-def run(loaded, tokens, state: ProbeState) -> ProbeState:
-    state.capture_patterns = state.capture_z = True
-    with probing(state):
-        loaded.model(input_ids=tokens)
-    return state
+class Run:
+    """Every layer's pattern and z (after the interventions) of one forward."""
+
+    def __init__(self, loaded, tokens, hooks: SiteHooks | None = None) -> None:
+        layers = range(loaded.n_layers)
+        sites = [f"blocks.{i}.attn.{kind}" for i in layers for kind in ("pattern", "z")]
+        hooks = SiteHooks(sites, (hooks or SiteHooks()).interventions)
+        with probing(ProbeState(hooks)):
+            loaded.model(input_ids=tokens)
+        self.patterns = {i: hooks.cache[f"blocks.{i}.attn.pattern"] for i in layers}
+        self.z = {i: hooks.cache[f"blocks.{i}.attn.z"] for i in layers}
+
+
+def run(loaded, tokens, hooks: SiteHooks | None = None) -> Run:
+    return Run(loaded, tokens, hooks)
+
+
+def ablation(loaded, heads, value: str = "zero", means=None) -> SiteHooks:
+    """The probe's ablation of `heads`: the lab's clamp value at blocks.{l}.attn.z."""
+    return clamp_hooks(head_clamps(heads, "ablate", value, loaded.n_heads), means=means)
+
+
+def knockout(loaded, heads, keys) -> SiteHooks:
+    return clamp_hooks(head_clamps(heads, "knockout", "knockout", loaded.n_heads), keys)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2"])
@@ -41,8 +61,8 @@ def test_zero_ablation_removes_exactly_the_heads_slice_of_the_output_projection(
     proj = output_projection(attention_modules(loaded.model)[1])
     seen: list[torch.Tensor] = []
     handle = proj.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-    clean = run(loaded, tokens, ProbeState())
-    ablated = run(loaded, tokens, ablation_state([(1, 2)], "zero"))
+    clean = run(loaded, tokens)
+    ablated = run(loaded, tokens, ablation(loaded, [(1, 2)]))
     handle.remove()
     z = clean.z[1].clone()  # (batch, query, head, d_head)
     z[:, :, 2] = 0
@@ -58,8 +78,8 @@ def test_gqa_ablation_leaves_the_kv_group_sibling_untouched() -> None:
     loaded = tiny("llama")  # 4 query heads, 2 KV heads: heads 0 and 1 share KV head 0
     assert (loaded.n_heads, loaded.n_kv_heads) == (4, 2)
     tokens = repeated_token_batch(loaded, PROTOCOL)
-    clean = run(loaded, tokens, ProbeState())
-    ablated = run(loaded, tokens, ablation_state([(0, 1)], "zero"))
+    clean = run(loaded, tokens)
+    ablated = run(loaded, tokens, ablation(loaded, [(0, 1)]))
     assert torch.equal(ablated.z[0][:, :, 0], clean.z[0][:, :, 0])  # the sibling
     assert torch.equal(ablated.patterns[0], clean.patterns[0])
     assert torch.equal(ablated.z[0][:, :, 1], torch.zeros_like(clean.z[0][:, :, 1]))
@@ -69,8 +89,8 @@ def test_knockout_masks_only_the_selected_heads_and_pairs() -> None:
     loaded = tiny("qwen2")
     tokens = repeated_token_batch(loaded, PROTOCOL)
     blocked = knockout_mask(tokens)  # (batch, query, key)
-    clean = run(loaded, tokens, ProbeState())
-    knocked = run(loaded, tokens, knockout_state([(0, 3)], blocked))
+    clean = run(loaded, tokens)
+    knocked = run(loaded, tokens, knockout(loaded, [(0, 3)], tokens))
     assert torch.all(knocked.patterns[0][:, 3][blocked] == 0)
     assert clean.patterns[0][:, 3][blocked].min() > 0
     assert torch.equal(knocked.patterns[0][:, :3], clean.patterns[0][:, :3])  # other heads
@@ -236,9 +256,9 @@ def test_knockout_and_zero_ablation_differ_where_they_must() -> None:
     tokens = repeated_token_batch(loaded, PROTOCOL)  # BOS + 10 tokens, repeated 4 times
     head = [(1, 2)]
     clean = loaded.model(input_ids=tokens).logits
-    with probing(knockout_state(head, knockout_mask(tokens))):
+    with probing(ProbeState(knockout(loaded, head, tokens))):
         knocked = loaded.model(input_ids=tokens).logits
-    with probing(ablation_state(head, "zero")):
+    with probing(ProbeState(ablation(loaded, head))):
         ablated = loaded.model(input_ids=tokens).logits
     first, later = slice(0, 11), slice(11, None)  # position 11 repeats position 1
     assert torch.equal(knocked[:, first], clean[:, first])
@@ -256,11 +276,9 @@ def test_mean_ablation_holds_the_head_at_its_mean_over_reference_prompts() -> No
     means = head_means(loaded, reference)
     zs = []
     for prompt in reference:  # the mean over every position of every reference prompt
-        state = ProbeState(capture_z=True)
-        with probing(state):
-            loaded.model(input_ids=torch.tensor([encode(loaded.tokenizer, prompt)[0]]))
-        zs.append(state.z[1][0])  # (query, head, d_head)
+        ids = torch.tensor([encode(loaded.tokenizer, prompt)[0]])
+        zs.append(run(loaded, ids).z[1][0])  # (query, head, d_head)
     torch.testing.assert_close(means[1], torch.cat(zs).mean(dim=0))
     tokens = repeated_token_batch(loaded, PROTOCOL)
-    ablated = run(loaded, tokens, ablation_state([(1, 2)], "mean", means))
+    ablated = run(loaded, tokens, ablation(loaded, [(1, 2)], "mean", means))
     assert torch.equal(ablated.z[1][:, :, 2], means[1][2].expand_as(ablated.z[1][:, :, 2]))

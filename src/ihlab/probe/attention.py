@@ -3,13 +3,13 @@
 Llama, Qwen2, GPT-2 and GPT-NeoX (and most current models) compute attention through
 transformers' `AttentionInterface`, handing it per-head queries (batch, q_heads, query, d_head) and
 keys/values (batch, kv_heads, key, d_head). Registering `ihlab` there gives one place, for all of
-them, to read each query head's pattern (`blocks.{l}.attn.pattern`, grouped-query KV heads
-expanded), to knock out attention from chosen queries to chosen keys in chosen heads (an additive
--inf before the softmax), and to replace a head's output `blocks.{l}.attn.z`: its d_head slice of
-the output projection's input, so the same code ablates one query head of a GQA model without
-touching its KV-group siblings; and to keep or supply the keys and values of a token prefix that
-many prompts share, so it is computed once. What to do in a forward is set with
-`probing(state)`.
+them, to pass each layer's `blocks.{l}.attn.scores`, `.attn.pattern` and `.attn.z` through the
+lab's `SiteHooks`, the hub the lab's own model uses, so the lab's clamp values (`ihlab.values`)
+cache and intervene on pretrained models exactly as in training: grouped-query KV heads are
+expanded, so every site has one entry per query head, and z is a head's d_head slice of the output
+projection's input, so ablating one query head of a GQA model leaves its KV-group siblings alone.
+The function also keeps or supplies the keys and values of a token prefix that many prompts share,
+so it is computed once. What to do in a forward is set with `probing(state)`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ihlab.sites import NO_HOOKS, SiteHooks
+
 NAME = "ihlab"
 
 
@@ -29,33 +31,15 @@ NAME = "ihlab"
 class ProbeState:
     """What the attention function does in the forwards inside `probing(state)`.
 
-    - capture_patterns: keep every layer's pattern in `patterns[layer]` (batch, head, query, key);
-    - capture_z: keep every layer's head outputs in `z[layer]` (batch, query, head, d_head), after
-      any override;
-    - knockout[layer] = (heads, blocked): for those heads, blocked (batch, query, key) entries get
-      -inf scores (attention knockout);
-    - z_override[layer][head]: "zero" or a (d_head,) vector that replaces the head's output at every
-      position (zero / mean ablation);
-    - pattern_override[layer][head]: a (batch, query, key) pattern the head uses instead of its own
-      (a clamp at blocks.{l}.attn.pattern);
-    - z_sums: if not None, accumulate per layer the sum of z over positions (batch and query), with
-      `z_count` positions, for mean ablation;
+    - hooks: the sites' hub (what to cache, what to intervene on), as in the lab's model;
     - capture_kv: keep every layer's keys and values in `kv[layer]`, each (batch, kv_head, key,
       d_head) after positional embedding;
     - prefix_kv[layer]: keys and values (1, kv_head, prefix, d_head) of a prefix every sequence of
       the batch continues (its positions must follow the prefix's): put before the forward's own,
-      visible to every query. Knockout masks then cover prefix + own keys.
+      visible to every query. Sites then have prefix + own keys and own queries.
     """
 
-    capture_patterns: bool = False
-    patterns: dict[int, Tensor] = field(default_factory=dict)
-    capture_z: bool = False
-    z: dict[int, Tensor] = field(default_factory=dict)
-    knockout: dict[int, tuple[list[int], Tensor]] = field(default_factory=dict)
-    z_override: dict[int, dict[int, str | Tensor]] = field(default_factory=dict)
-    pattern_override: dict[int, dict[int, Tensor]] = field(default_factory=dict)
-    z_sums: dict[int, Tensor] | None = None
-    z_count: int = 0
+    hooks: SiteHooks = field(default_factory=SiteHooks)
     capture_kv: bool = False
     kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     prefix_kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
@@ -87,8 +71,11 @@ def ihlab_attention(
     """Eager attention with the probe's sites; returns z (batch, query, head, d_head), pattern."""
     state = _STATE.get()
     layer = int(getattr(module, "layer_idx", -1))
+    hooks = NO_HOOKS
     if state is not None:
         key, value, attention_mask = _with_prefix(state, layer, key, value, attention_mask)
+        hooks = state.hooks
+    on = bool(hooks.names)
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)  # (batch, head, key, d_head)
     value = value.repeat_interleave(groups, dim=1)  # (batch, head, key, d_head)
@@ -98,19 +85,15 @@ def ihlab_attention(
             scores = scores.masked_fill(~attention_mask[..., : key.shape[-2]], float("-inf"))
         else:
             scores = scores + attention_mask[..., : key.shape[-2]]
-    if state is not None and layer in state.knockout:
-        heads, blocked = state.knockout[layer]
-        index = torch.tensor(heads, device=scores.device)
-        scores[:, index] = scores[:, index].masked_fill(blocked[:, None], float("-inf"))
+    if on:
+        scores = hooks(f"blocks.{layer}.attn.scores", scores)
     pattern = scores.float().softmax(dim=-1).to(query.dtype)
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
-    if state is not None and layer in state.pattern_override:
-        pattern = pattern.clone()
-        for head, held in state.pattern_override[layer].items():
-            pattern[:, head] = held.to(pattern)
+    if on:
+        pattern = hooks(f"blocks.{layer}.attn.pattern", pattern)
     z = (pattern @ value).transpose(1, 2)  # (batch, query, head, d_head)
-    if state is not None:
-        z = _apply(state, layer, pattern, z)
+    if on:
+        z = hooks(f"blocks.{layer}.attn.z", z)
     return z.contiguous(), pattern
 
 
@@ -129,24 +112,6 @@ def _with_prefix(
     if mask is not None:  # the prefix is visible to every query
         mask = nn.functional.pad(mask, (n, 0), value=True if mask.dtype == torch.bool else 0.0)
     return key, value, mask
-
-
-def _apply(state: ProbeState, layer: int, pattern: Tensor, z: Tensor) -> Tensor:
-    if state.capture_patterns:
-        state.patterns[layer] = pattern.detach()
-    if state.z_sums is not None:
-        total = z.detach().sum(dim=(0, 1))  # (head, d_head)
-        state.z_sums[layer] = state.z_sums.get(layer, 0) + total
-        if layer == 0:
-            state.z_count += z.shape[0] * z.shape[1]
-    overrides = state.z_override.get(layer)
-    if overrides:
-        z = z.clone()
-        for head, value in overrides.items():
-            z[:, :, head] = 0.0 if isinstance(value, str) else value.to(z)
-    if state.capture_z:
-        state.z[layer] = z.detach()
-    return z
 
 
 def register() -> None:

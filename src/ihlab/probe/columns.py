@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ihlab.clamps import ClampConfig, ValueKind
+from ihlab.clamps import ClampConfig, check_value
 from ihlab.errors import ConfigError
 from ihlab.probe.evaluate import Condition
 from ihlab.probe.interventions import (
+    MODE_SITES,
     Ablation,
     Head,
     check_heads,
@@ -27,8 +28,6 @@ from ihlab.sites import parse_site
 
 if TYPE_CHECKING:
     from ihlab.probe.config import ProbeConfig
-
-ABLATION_VALUES = {ValueKind.zero: Ablation.zero, ValueKind.mean: Ablation.mean}
 
 
 @dataclass
@@ -42,20 +41,21 @@ class Column:
 
 
 def intervention_condition(name: str, spec: ClampConfig) -> Condition:
-    """A result column from a clamp spec: zero/mean at `blocks.{l}.attn.z`, or knockout at
-    `blocks.{l}.attn.scores` (or `.pattern`), on the listed heads."""
+    """A result column from a clamp spec: an ablation value (zero, mean) at `blocks.{l}.attn.z`,
+    or knockout at `blocks.{l}.attn.scores`, on the listed heads."""
     layer, kind = parse_site(spec.site)
-    value = ValueKind(spec.value)
     key = f"interventions.{name}"
+    check_value(spec, key)
     if layer is None or not spec.heads:
         raise ConfigError(f"{key}: give a per-layer site blocks.<l>.attn.* and its heads.")
-    if kind == "attn.z" and value in ABLATION_VALUES:
-        return Condition(name, "ablate", [(layer, h) for h in spec.heads], ABLATION_VALUES[value])
-    if kind in ("attn.scores", "attn.pattern") and value == ValueKind.knockout:
-        return Condition(name, "knockout", [(layer, h) for h in spec.heads])
+    heads = [(layer, h) for h in spec.heads]
+    if kind == MODE_SITES["ablate"] and spec.value in {a.value for a in Ablation}:
+        return Condition(name, "ablate", heads, Ablation(spec.value))
+    if kind == MODE_SITES["knockout"] and spec.value == "knockout":
+        return Condition(name, "knockout", heads)
     raise ConfigError(
         f"{key}: the probe supports value zero or mean at attn.z and value knockout at "
-        f"attn.scores, got value {value.value} at {spec.site}."
+        f"attn.scores, got value {spec.value} at {spec.site}."
     )
 
 

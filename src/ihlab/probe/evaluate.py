@@ -28,11 +28,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ihlab.clamps import Clamp
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.interventions import Ablation, Head, ablation_state, knockout_mask, knockout_state
+from ihlab.probe.interventions import Ablation, Head, clamp_hooks, head_clamps
 from ihlab.probe.layers import capturing, decoder_layers, starting_at
 from ihlab.probe.models import LoadedModel
 from ihlab.probe.tasks import Prompt
+from ihlab.sites import SiteHooks
 
 
 @dataclass
@@ -48,6 +50,13 @@ class Condition:
     def first_layer(self) -> int:
         """The lowest layer the condition changes (0 for `full`: nothing to share)."""
         return min((layer for layer, _ in self.heads), default=0)
+
+    def clamps(self, n_heads: int) -> list[Clamp]:
+        """The condition as the lab's clamps: one per layer with selected heads."""
+        if self.mode == "full":
+            return []
+        value = self.ablation.value if self.mode == "ablate" else "knockout"
+        return head_clamps(self.heads, self.mode, value, n_heads)
 
 
 @dataclass
@@ -135,24 +144,27 @@ def score_conditions(
     result = {c.name: torch.full(shape, -torch.inf) for c in conditions}
     starts = {c.first_layer for c in conditions if share_prefix and c.mode != "full"} - {0}
     n_shared = common_prefix(rows, tail) if share_prefix else 0
-    clean_kv = _prefix_kv(model, rows[0], n_shared, Condition("full"), means)
+    clamps = {c.name: c.clamps(loaded.n_heads) for c in conditions}
+    clean_kv = _prefix_kv(model, rows[0], n_shared, [], means)
     shared = {
-        c.name: clean_kv if c.mode == "full" else _prefix_kv(model, rows[0], n_shared, c, means)
+        c.name: _prefix_kv(model, rows[0], n_shared, clamps[c.name], means)
+        if clamps[c.name]
+        else clean_kv
         for c in conditions
     }
     batches = range(0, len(rows), batch_size)
     for b in tqdm(batches, desc="scoring", disable=not progress, leave=False):
         chunk = rows[b : b + batch_size]
         inputs, keys = _pad(chunk, pad, n_shared, model.device)
-        blocked = knockout_mask(keys)[:, n_shared:]  # (batch, own query, prefix + own key)
         with capturing(layers, starts) as residuals:
-            clean = _logp(model, inputs, tail, _state(Condition("full"), blocked, means, clean_kv))
+            clean = _logp(model, inputs, tail, ProbeState(prefix_kv=clean_kv))
         for condition in conditions:
             scores = clean
             if condition.mode != "full":
                 start = condition.first_layer
                 skip = starting_at(layers, start, residuals[start]) if start in residuals else None
-                state = _state(condition, blocked, means, shared[condition.name])
+                hooks = clamp_hooks(clamps[condition.name], keys, means)
+                state = ProbeState(hooks, prefix_kv=shared[condition.name])
                 with skip or contextlib.nullcontext():
                     scores = _logp(model, inputs, tail, state)
             _read(scores, chunk, tail, result[condition.name])
@@ -174,15 +186,14 @@ def _prefix_kv(
     model: torch.nn.Module,
     row: Row,
     n: int,
-    condition: Condition,
+    clamps: Sequence[Clamp],
     means: dict[int, Tensor] | None,
 ) -> dict[int, tuple[Tensor, Tensor]]:
-    """Every layer's keys and values of `row`'s first `n` tokens under `condition` ({} if n=0)."""
+    """Every layer's keys and values of `row`'s first `n` tokens under `clamps` ({} if n=0)."""
     if n == 0:
         return {}
     keys = torch.tensor([row.keys[:n]], device=model.device)
-    state = _state(condition, knockout_mask(keys), means, {})
-    state.capture_kv = True
+    state = ProbeState(clamp_hooks(clamps, keys, means), capture_kv=True)
     with probing(state):
         model(input_ids=torch.tensor([row.ids[:n]], device=model.device), use_cache=False)
     return state.kv
@@ -228,29 +239,19 @@ def _read(logp: Tensor, chunk: Sequence[Row], tail: int, into: Tensor) -> None:
             into[row.prompt, option] = float(steps.gather(1, index).sum())
 
 
-def _state(
-    condition: Condition,
-    blocked: Tensor,
-    means: dict[int, Tensor] | None,
-    prefix_kv: dict[int, tuple[Tensor, Tensor]],
-) -> ProbeState:
-    if condition.mode == "ablate":
-        state = ablation_state(condition.heads, condition.ablation, means)
-    elif condition.mode == "knockout":
-        state = knockout_state(condition.heads, blocked)
-    else:
-        state = ProbeState()
-    state.prefix_kv = prefix_kv
-    return state
-
-
 @torch.no_grad()
 def head_means(loaded: LoadedModel, prompts: Sequence[Prompt]) -> dict[int, Tensor]:
     """Every head's mean output z over all positions of `prompts` (the mean-ablation values):
     layer -> (head, d_head). One prompt per forward, so no padding enters the means."""
-    state = ProbeState(z_sums={})
-    with probing(state):
-        for prompt in prompts:
-            ids, _ = encode(loaded.tokenizer, prompt)
+    sites = {layer: f"blocks.{layer}.attn.z" for layer in range(loaded.n_layers)}
+    sums: dict[int, Tensor] = {}
+    count = 0
+    for prompt in prompts:
+        ids, _ = encode(loaded.tokenizer, prompt)
+        hooks = SiteHooks(cache=sites.values())
+        with probing(ProbeState(hooks)):
             loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device))
-    return {layer: total / state.z_count for layer, total in state.z_sums.items()}
+        for layer, site in sites.items():
+            sums[layer] = sums.get(layer, 0) + hooks.cache[site].sum(dim=(0, 1))  # (head, d_head)
+        count += len(ids)
+    return {layer: total / count for layer, total in sums.items()}

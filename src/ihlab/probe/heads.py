@@ -13,6 +13,7 @@ special tokens excluded: BPE ids are assigned in merge order, roughly by frequen
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ihlab.metrics.heads import prefix_matching_score, previous_token_score
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.models import LoadedModel
 from ihlab.seeding import generator
+from ihlab.sites import Intervention, SiteHooks
 
 SCORES = ("prefix_matching", "previous_token", "copying")
 
@@ -136,23 +138,25 @@ def copying_scores(
 
 @torch.no_grad()
 def head_scores(
-    loaded: LoadedModel, protocol: PrefixProtocol | None = None, state: ProbeState | None = None
+    loaded: LoadedModel,
+    protocol: PrefixProtocol | None = None,
+    interventions: Mapping[str, Intervention] | None = None,
 ) -> dict[str, Tensor]:
     """prefix_matching, previous_token and copying, each (layer, query head), from one batched
-    forward (under `state`'s interventions, if given)."""
+    forward (with `interventions` at their sites, if given)."""
     protocol = protocol or PrefixProtocol()
     tokens = repeated_token_batch(loaded, protocol).to(loaded.model.device)
-    state = state or ProbeState()
-    state.capture_patterns = state.capture_z = True
-    with probing(state):
-        loaded.model(input_ids=tokens)
-    first = 1 + protocol.n_tokens  # queries in repeats 2-4 have an earlier occurrence
-    prefix = torch.stack(
-        [prefix_matching_score(state.patterns[i].float(), tokens) for i in range(loaded.n_layers)]
-    )
     layers = range(loaded.n_layers)
-    previous = torch.stack([previous_token_score(state.patterns[i].float()) for i in layers])
-    copying = copying_scores(loaded, state.z, tokens, state.patterns, first)
+    sites = [f"blocks.{i}.attn.{kind}" for i in layers for kind in ("pattern", "z")]
+    hooks = SiteHooks(cache=sites, interventions=interventions)
+    with probing(ProbeState(hooks)):
+        loaded.model(input_ids=tokens)
+    patterns = {i: hooks.cache[f"blocks.{i}.attn.pattern"] for i in layers}
+    z = {i: hooks.cache[f"blocks.{i}.attn.z"] for i in layers}
+    first = 1 + protocol.n_tokens  # queries in repeats 2-4 have an earlier occurrence
+    prefix = torch.stack([prefix_matching_score(patterns[i].float(), tokens) for i in layers])
+    previous = torch.stack([previous_token_score(patterns[i].float()) for i in layers])
+    copying = copying_scores(loaded, z, tokens, patterns, first)
     return {"prefix_matching": prefix, "previous_token": previous, "copying": copying}
 
 

@@ -1,10 +1,11 @@
-"""Interventions on selected heads of a pretrained model, in the lab's site vocabulary.
+"""Interventions on selected heads of a pretrained model: the lab's clamp values, per layer.
 
-- ablation at `blocks.{l}.attn.z`: `zero` (the head's d_head slice of the output projection's input
-  set to 0, Crosbie & Shutova's appendix) or `mean` (replaced by its mean over reference prompts);
-- knockout at `blocks.{l}.attn.scores`: in the selected heads only, -inf before the softmax from
-  every token to the tokens that followed earlier occurrences of the same token or the same
-  category (the paper's attention knockout of the induction pattern).
+- ablation at `blocks.{l}.attn.z`: value `zero` (the head's d_head slice of the output projection's
+  input set to 0, Crosbie & Shutova's appendix) or `mean` (held at its mean over reference prompts);
+- knockout at `blocks.{l}.attn.scores`: value `knockout`, -inf before the softmax from every token
+  to the tokens that followed earlier occurrences of the same token or the same category, in the
+  selected heads only (the paper's attention knockout of the induction pattern).
+Both are `ihlab.values` classes applied through the same `Clamp` and `SiteHooks` as in training.
 
 Heads are selected as the top p% of all (layer, query head) pairs by prefix matching,
 n = ceil(layers x heads x p / 100), or listed explicitly; the random control draws, per layer, as
@@ -21,15 +22,17 @@ from enum import Enum
 
 from torch import Tensor
 
+from ihlab.clamps import Clamp, ClampConfig, ClampContext
 from ihlab.errors import ConfigError
-from ihlab.metrics.heads import induction_targets
-from ihlab.probe.attention import ProbeState
-from ihlab.sites import head_name, parse_head_name
+from ihlab.sites import SiteHooks, head_name, parse_head_name
 
 Head = tuple[int, int]  # (layer, query head)
+MODE_SITES = {"ablate": "attn.z", "knockout": "attn.scores"}  # where each kind of condition acts
 
 
 class Ablation(str, Enum):
+    """The clamp value an ablation holds heads at (names of `ihlab.values`)."""
+
     zero = "zero"
     mean = "mean"
 
@@ -74,29 +77,37 @@ def random_heads(selected: Sequence[Head], n_heads: int, seed: int) -> list[Head
     return chosen
 
 
-def ablation_state(
-    heads: Sequence[Head], kind: Ablation, means: dict[int, Tensor] | None = None
-) -> ProbeState:
-    """Zero or mean ablation of `heads` at their z (means[layer]: (head, d_head))."""
-    state = ProbeState()
-    for layer, head in heads:
-        value: str | Tensor = "zero" if kind == Ablation.zero else means[layer][head]
-        state.z_override.setdefault(layer, {})[head] = value
-    return state
-
-
-def knockout_mask(keys: Tensor) -> Tensor:
-    """(batch, query, key) True where attention is knocked out: key k follows an earlier position
-    k - 1 whose knockout key equals the query's (same token or same category)."""
-    return induction_targets(keys)
-
-
-def knockout_state(heads: Sequence[Head], blocked: Tensor) -> ProbeState:
-    """Attention knockout in `heads` with a (batch, query, key) mask."""
-    state = ProbeState()
+def head_clamps(heads: Sequence[Head], mode: str, value: str, n_heads: int) -> list[Clamp]:
+    """One clamp per layer holding `heads` at `value`, at the site of `mode` (MODE_SITES)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
-    for layer, layer_heads in by_layer.items():
-        state.knockout[layer] = (sorted(layer_heads), blocked)
-    return state
+    return [
+        Clamp(
+            f"L{layer}",
+            ClampConfig(site=f"blocks.{layer}.{MODE_SITES[mode]}", value=value, heads=sorted(hs)),
+            n_heads,
+        )
+        for layer, hs in sorted(by_layer.items())
+    ]
+
+
+def clamp_hooks(
+    clamps: Sequence[Clamp], keys: Tensor | None = None, means: dict[int, Tensor] | None = None
+) -> SiteHooks:
+    """The hooks of a forward with `clamps` active. `keys` (batch, key): the knockout keys of the
+    whole sequences (see `evaluate.encode`); `means[layer]` (head, d_head): every head's mean
+    output over reference prompts, what a `mean` value holds (the probe's reference pass, averaged
+    over positions too, since prompts differ in length)."""
+    inputs = {} if keys is None else {"knockout_keys": keys}
+    ctx = ClampContext(inputs, None, 0)
+    hooks = SiteHooks()
+    for clamp in clamps:
+        if clamp.needs_pass:
+            if means is None or clamp.layer not in means:
+                raise ValueError(f"value {clamp.cfg.value} at {clamp.site} needs head means")
+            fn = clamp.with_value(means[clamp.layer][None, None])  # (1, 1, head, d_head)
+        else:
+            fn = clamp.direct(ctx, hooks.cache)
+        hooks.add_intervention(clamp.site, fn)
+    return hooks

@@ -1,0 +1,58 @@
+"""Singh et al.'s layer-1 clamp (multi-pass): a first pass whose residual after layer l is the
+embeddings plus the one-position-shifted embeddings computes every later layer's attention
+patterns; the final pass holds that residual at the plain embeddings and the later patterns at the
+first pass's. Both passes are this model's: gradient flows through the patterns and embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ihlab.values.base import ClampValue, Passes, Where, register
+from ihlab.values.preserving import hold
+
+if TYPE_CHECKING:
+    from ihlab.clamps import Clamp, ClampConfig
+    from ihlab.sites import Intervention
+
+EMBEDDINGS = "blocks.0.resid_pre"  # what the multi-pass clamp calls the embeddings
+
+
+def shifted(x: Tensor) -> Tensor:
+    """(batch, pos, d): x one position later, position 0 keeping its own value."""
+    return torch.cat([x[:, :1], x[:, :-1]], dim=1)
+
+
+@register
+class Multipass(ClampValue):
+    """blocks.l.resid_post held as described above (l below the last layer)."""
+
+    name = "multipass"
+    needs_pass = True
+    differentiable = True
+
+    @classmethod
+    def check(cls, c: ClampConfig, where: Where) -> None:
+        if where.kind != "resid_post" or where.layer is None or where.layer >= where.n_layers - 1:
+            raise where.fail(
+                f"value multipass clamps blocks.l.resid_post with a later layer to feed "
+                f"(l < {where.n_layers - 1}), got {where.site!r}."
+            )
+
+    def reads(self) -> list[str]:
+        return [EMBEDDINGS]
+
+    def passes(self, clamp: Clamp, aux: Passes) -> list[tuple[str, Intervention]]:
+        later = range((clamp.layer or 0) + 1, aux.n_layers)
+        patterns = [f"blocks.{i}.attn.pattern" for i in later]
+        hooks = aux.direct_hooks([EMBEDDINGS, *patterns])
+        embed = hooks.cache
+        hooks.add_intervention(
+            clamp.site, clamp.with_fn(lambda x: embed[EMBEDDINGS] + shifted(embed[EMBEDDINGS]))
+        )
+        aux.run(aux.ctx.inputs, hooks)
+        held = [(site, hold(hooks.cache[site])) for site in patterns]
+        final = aux.final.cache
+        return [(clamp.site, clamp.with_fn(lambda x: final[EMBEDDINGS])), *held]
