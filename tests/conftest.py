@@ -19,6 +19,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 register_configs()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of dequantized GGUF weights for the session (ihlab-probe's IHLAB_CACHE): the
+    first SmolLM2 load writes it, later loads and CLI runs read it; nothing lands in ~/.cache."""
+    folder = tmp_path_factory.mktemp("ihlab-cache")
+    os.environ["IHLAB_CACHE"] = str(folder)
+    return folder
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """The composed (unvalidated) config for these command-line overrides."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,7 @@ def detect_phase_change(
     edge_frac: float = 0.2,
     min_noise_ratio: float = 3.0,
     min_range_frac: float = 0.2,
+    split_frac: float = 0.5,
 ) -> PhaseChange:
     """Find the phase changes of a decreasing curve (a loss), robust to noise.
 
@@ -73,7 +75,10 @@ def detect_phase_change(
     points, at least one) and take its rate of decrease per step. Every local peak of the rate is a
     candidate transition, running from its onset (the last earlier point where the rate is below
     `edge_frac` of that peak) to its end (the first later such point), and the steepest point of
-    its own transition. A candidate counts only if
+    its own transition. Two transitions that overlap, the rate dipping between their peaks without
+    falling below `edge_frac` (a curve that leaves one stage for the next before it has settled),
+    are split at the rate's minimum between the peaks when that minimum is below `split_frac` of
+    both: it ends the first and is the second's onset. A candidate counts only if
     - it has an onset: the curve was flatter before it, so the fast start of a monotone convex
       curve (exponential or power-law decay) is not a phase change;
     - it has an end inside the run;
@@ -108,11 +113,15 @@ def detect_phase_change(
         and (i == 0 or rate[i] >= rate[i - 1])
         and (i == len(rate) - 1 or rate[i] > rate[i + 1])
     ]
+    splits = np.zeros(len(rate), dtype=bool)  # valleys between two peaks
+    for a, b in itertools.pairwise(peaks):
+        valley = a + int(np.argmin(rate[a : b + 1]))
+        splits[valley] = rate[valley] < split_frac * min(rate[a], rate[b])
     found: list[Transition] = []
     reasons: dict[str, str] = {}
     biggest = 0.0
     for peak in peaks:
-        low = rate < edge_frac * rate[peak]
+        low = (rate < edge_frac * rate[peak]) | splits
         before, after = np.flatnonzero(low[:peak]), np.flatnonzero(low[peak:])
         if len(before) == 0:
             reasons["convex"] = "falls fastest from the start (convex decay)"

@@ -47,3 +47,28 @@ def test_a_single_drop_is_one_transition_and_a_flat_curve_none() -> None:
     flat = detect_phase_change(STEPS, two_steps((3000, 60, 0.0), (3000, 60, 0.0), 0))
     assert not flat.detected and flat.transitions == []
     assert detect_phase_change(STEPS, STEPS * 0.0 + 1.0).to_dict()["transitions"] == []
+
+
+def test_overlapping_stages_are_split_at_the_valley_between_them() -> None:
+    """A curve that leaves one stage for the next before settling (the rate falls to ~35% of
+    the peaks between them, never to 20%): two transitions, split where the rate is lowest."""
+    steps = np.arange(0, 1501, 20)
+    curve = two_steps_at(steps, (200, 25, 0.12), (420, 45, 0.2))
+    rate = -np.gradient(curve, steps)
+    between = (steps > 200) & (steps < 420)
+    valley = steps[between][np.argmin(rate[between])]  # where the rate is lowest, by hand
+    assert 0.2 < rate[between].min() / rate.max() < 0.5  # overlapping, by construction
+    found = detect_phase_change(steps, curve)
+    assert [t.steepest for t in found.transitions] == pytest.approx([200, 420], abs=20)
+    first, second = found.transitions
+    assert abs(first.end - valley) <= 20 and abs(second.onset - valley) <= 20
+    unsplit = detect_phase_change(steps, curve, split_frac=0.0)
+    assert len(unsplit.transitions) < 2
+
+
+def two_steps_at(steps: np.ndarray, *drops: tuple[float, float, float]) -> np.ndarray:
+    """Noise-free: 1 minus sigmoid drops (centre, width, size)."""
+    curve = np.full(len(steps), 1.0)
+    for centre, width, size in drops:
+        curve += size / (1 + np.exp((steps - centre) / width)) - size
+    return curve

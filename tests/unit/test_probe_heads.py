@@ -101,3 +101,39 @@ def test_probing_state_captures_patterns_of_query_heads_under_gqa() -> None:
     assert pattern.shape == (3, 4, tokens.shape[1], tokens.shape[1])  # 4 query heads, 2 KV heads
     torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:-1]))
     assert torch.all(pattern.triu(1) == 0)  # causal
+
+
+def test_gguf_cache_is_named_by_the_file_and_written_whole(tmp_path, monkeypatch) -> None:
+    """A changed GGUF file gets a new cache folder; a cache is complete or absent: the tensors,
+    config and tokenizer reload to the same model, and a failed write leaves nothing behind."""
+    from transformers import AutoModelForCausalLM
+
+    from ihlab.probe.models import gguf_cache, save_cache
+
+    monkeypatch.setenv("IHLAB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"0" * 10)
+    first = gguf_cache(gguf)
+    assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("m-10-")
+    gguf.write_bytes(b"0" * 11)
+    assert gguf_cache(gguf) != first
+
+    loaded = tiny("gpt2")
+
+    class Tokenizer:
+        def save_pretrained(self, folder) -> None:
+            (folder / "tokenizer.json").write_text("{}")
+
+    save_cache(loaded.model, Tokenizer(), first)
+    assert {p.name for p in first.iterdir()} >= {"model.safetensors", "config.json", "complete"}
+    again = AutoModelForCausalLM.from_pretrained(first, config=loaded.model.config)
+    ours, theirs = loaded.model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    class Broken(Tokenizer):
+        def save_pretrained(self, folder) -> None:
+            raise OSError("disk full")
+
+    save_cache(loaded.model, Broken(), tmp_path / "cache" / "gguf" / "other")
+    assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == [first.name]
