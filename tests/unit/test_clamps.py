@@ -30,7 +30,7 @@ from ihlab.sites import SiteHooks
 from ihlab.values import VALUES
 from ihlab.values.multipass import shifted
 
-N_LABELS, D_FEATURES, N_HEADS = 5, 6, 4
+N_LABELS, D_FEATURES, N_HEADS = 7, 6, 4  # labels != positions (5), so no axis mix-up passes
 FEWSHOT_IO = ModelIO(n_ctx=5, d_features=D_FEATURES, n_labels=N_LABELS, d_vocab_out=N_LABELS)
 TOKENS_IO = ModelIO(n_ctx=24, d_vocab=9, d_vocab_out=9)
 MODEL = ModelConfig(
@@ -594,7 +594,55 @@ BAD = [
     ({"site": PAT1, "value": "knockout"}, TOK, "needs an attn.scores site"),
     ({"site": PAT1, "value": "previous", "heads": [0]}, FEW, "Did you mean previous_token?"),
     ({"site": Z0, "strength": 0.5}, FEW, "strength is only used by value match"),
+    ({"site": PAT1, "value": "match", "strength": 1.01}, FEW, "strength=1.01 must be in [0, 1]"),
+    ({"site": Z0, "value": "mean", "reference_size": 0}, FEW, "reference_size must be >= 1"),
+    ({"site": Z0, "positions": [-6]}, FEW, "position -6"),
+    ({"site": Z0, "positions": [5]}, FEW, "position 5"),
+    ({"site": Z0, "windows": [Window(-1, 5)]}, FEW, "window [-1, 5)"),
 ]
+
+
+GOOD = [  # the edges of every range
+    ({"site": Z0, "positions": [-5, 4]}, FEW),  # the first and last of 5 positions
+    ({"site": Z0, "windows": [Window(0, 1)]}, FEW),  # from step 0, one step long
+    ({"site": PAT1, "value": "match", "strength": 0.0}, FEW),
+    ({"site": PAT1, "value": "match", "strength": 1.0}, FEW),
+    ({"site": Z0, "value": "mean", "reference_size": 1}, FEW),
+    ({"site": Z0, "heads": [0, 3]}, FEW),
+]
+
+
+@pytest.mark.parametrize(("clamp", "data"), GOOD)
+def test_clamps_at_the_edges_of_their_ranges_are_accepted(clamp, data) -> None:
+    check_clamps({"good": ClampConfig(**clamp)}, MODEL, data)
+
+
+def test_head_selection_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text("step\n0\n")
+    ok = HeadSelect(run=str(tmp_path), top=N_HEADS)
+    check_clamps({"s": ClampConfig(site=PAT0, select=ok)}, MODEL, FEW)
+    check_clamps({"s": ClampConfig(site=PAT0, select=HeadSelect(str(tmp_path), top=1))}, MODEL, FEW)
+    bad = [
+        ({"select": HeadSelect(str(tmp_path), top=0)}, "select.top=0 must be in 1..4"),
+        ({"select": HeadSelect(str(tmp_path), top=5)}, "select.top=5 must be in 1..4"),
+        ({"select": HeadSelect(str(tmp_path), score="copying")}, "select.score='copying'"),
+        ({"select": HeadSelect(str(tmp_path / "nowhere"))}, "has no metrics.csv"),
+        ({"select": ok, "heads": [0]}, "set heads or select, not both"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(ConfigError, match="clamps.s: .*" + re.escape(message)):
+            check_clamps({"s": ClampConfig(site=PAT0, **fields)}, MODEL, FEW)
+
+
+def test_match_row_shares_each_side_evenly_over_its_positions() -> None:
+    """Hand-worked: labels 3 3 5 5 at key positions 1, 3, 5, 7 (exemplars elsewhere), target 3,
+    strength 0.8: 0.4 on each correct position, 0.1 on each wrong one, 0 on exemplars."""
+    from ihlab.values.patterns import match_row
+
+    labels = torch.tensor([[-1, 3, -1, 3, -1, 5, -1, 5, -1]])
+    row = match_row(labels, torch.tensor([3]), 0.8, torch.zeros(()))
+    expected = torch.tensor([[[0, 0.4, 0, 0.4, 0, 0.1, 0, 0.1, 0]]])
+    torch.testing.assert_close(row, expected)
 
 
 @pytest.mark.parametrize(("clamp", "data", "message"), BAD)

@@ -145,6 +145,20 @@ def test_head_selection_top_percent_and_matched_random_control() -> None:
         parse_head("H2L1")
     with pytest.raises(ConfigError, match=r"x: head L9H0 does not exist: the model has 4 layers"):
         check_heads([(1, 2), (9, 0)], 4, 10, "x")
+    # 40 x 2.6% = 1.04 heads: rounded up to 2 (a selection never falls short of its percent)
+    assert top_heads(scores, 2.6) == [(3, 9), (3, 8)]
+    check_heads([(3, 9), (0, 0)], 4, 10, "x")  # the last layer and head exist
+    for head in [(4, 0), (0, 10)]:  # one past either
+        with pytest.raises(ConfigError, match="does not exist"):
+            check_heads([head], 4, 10, "x")
+
+
+def test_mean_ablation_without_head_means_fails_instead_of_running_unablated() -> None:
+    clamps = head_clamps([(1, 2)], "ablate", "mean", n_heads=4)
+    with pytest.raises(ValueError, match="needs head means"):
+        clamp_hooks(clamps)
+    with pytest.raises(ValueError, match="needs head means"):
+        clamp_hooks(clamps, means={0: torch.zeros(4, 8)})  # no means for layer 1
 
 
 def scored_prompts() -> list:
