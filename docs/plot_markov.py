@@ -26,7 +26,10 @@ def main(run: Path, out: Path) -> None:
         level = float(rows[-1][f"eval/loss_{key}"])
         ax.axhline(level, color=colour, linestyle="--", label=f"{key} predictor ({level:.3f})")
     summary = json.loads((run / "summary.json").read_text())
-    for i, t in enumerate(summary["phase_change"]["transitions"]):
+    transitions = summary["phase_change"]["transitions"]
+    if transitions:  # the stages, not the long tail after them
+        ax.set_xlim(0, min(steps[-1], 2.5 * transitions[-1]["end"]))
+    for i, t in enumerate(transitions):
         ax.axvspan(t["onset"], t["end"], color="tab:green", alpha=0.15 + 0.1 * i, lw=0)
         ax.axvline(t["steepest"], color="tab:green", lw=0.8)
     ax.set_xlabel("optimizer step")

@@ -176,7 +176,7 @@ def summarize(
         phase = {"detected": False, "method": "peak-slope", "reason": why}
     else:
         learned = learning_time(steps_, values, learning.threshold)
-        phase = detect_phase_change(steps_, values).to_dict()
+        phase = detect_phase_change(steps_, values, smooth_frac=learning.smooth_frac).to_dict()
     return {
         "name": config.name,
         "condition": config.condition,

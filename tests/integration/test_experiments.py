@@ -114,3 +114,31 @@ def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
     assert abs(prev_at - 700) <= 200  # measured: 700 (seeds 0-2: 700-1000)
     assert abs(a_at - 300) <= 100  # measured: 300 (seeds 0-2: 300)
     assert prev_at <= 0.6 * free_at and a_at <= 0.25 * free_at  # 59% and 82% shorter
+
+
+def test_markov_2l_pauses_at_the_unigram_level_before_the_bigram_stage(
+    run_training, tmp_path: Path
+) -> None:
+    """README (seed 0, the first 1000 of its 3000 steps): the loss leaves the uniform guess,
+    reaches the in-context unigram predictor's level (1.503) at step 180 (1.509), then falls
+    toward the Bayes bigram predictor's (1.221), within a quarter of the unigram-to-bigram gap by
+    step ~600; the detector reports two transitions, (onset, steepest, end) = (0, 80, 180) and
+    (180, 300, 600)."""
+    summary = run_training("experiment=markov_2l", "trainer.max_steps=1000", name="markov")
+    rows = read_rows(tmp_path / "markov")
+    loss = curve(rows, "eval/loss")
+    unigram, bigram = rows[-1]["eval/loss_unigram"], rows[-1]["eval/loss_bigram"]
+    assert loss[0] == (0, pytest.approx(math.log(5), abs=0.01))  # the uniform guess at step 0
+    near_unigram = first_below(loss, unigram + 0.01)
+    near_bigram = first_below(loss, bigram + 0.25 * (unigram - bigram))
+    assert near_unigram is not None and abs(near_unigram - 180) <= 40  # measured: 180
+    assert near_bigram is not None and abs(near_bigram - 600) <= 100  # measured: 580
+    phase = summary["phase_change"]
+    found = [(t["onset"], t["steepest"], t["end"]) for t in phase["transitions"]]
+    assert len(found) == 2, phase
+    for got, readme in zip(found, [(0, 80, 180), (180, 300, 600)], strict=True):
+        assert all(abs(g - r) <= 40 for g, r in zip(got, readme, strict=True)), found
+    (first, second) = phase["transitions"]
+    at_first_end = dict(loss)[first["end"]]
+    assert abs(at_first_end - unigram) < 0.02  # the pause is at the unigram level
+    assert second["drop"] > first["drop"]  # the bigram stage is the headline

@@ -126,3 +126,36 @@ def test_split_metrics_give_the_predictors_losses_and_the_models_kl() -> None:
 def test_bad_markov_config_names_the_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MarkovConfig(**changes)
+
+
+def test_learning_time_is_90_percent_of_the_way_to_bigram_read_unsmoothed(tmp_path) -> None:
+    """Threshold: 10% of the unigram-to-bigram gap of the evaluation set's predictors (brute
+    force here); phase changes on the unsmoothed curve, which `summarize` uses: a planted curve
+    with a ten-evaluation first stage in a 150-evaluation run has both stages only so."""
+    from types import SimpleNamespace
+
+    from ihlab.dynamics import detect_phase_change
+    from ihlab.train import summarize
+
+    dm = make_datamodule(CFG, seed=0)
+    tokens = dm.eval_sets["eval"]["tokens"].tolist()
+    unigram, bigram = [], []
+    for row in tokens:
+        u, b = brute_force(row, CFG.n_states, CFG.alpha)  # (pos, k) probabilities
+        nxt = row[1:]
+        unigram += [-math.log(u[t, s]) for t, s in enumerate(nxt)]
+        bigram += [-math.log(b[t, s]) for t, s in enumerate(nxt)]
+    lt = dm.learning_time()
+    assert lt.metric == "eval/excess_loss" and lt.smooth_frac == 0.0
+    assert lt.threshold == pytest.approx(0.1 * (np.mean(unigram) - np.mean(bigram)), rel=1e-6)
+
+    steps = np.arange(0, 3000, 20)
+    curve = 1.6 - 0.1 / (1 + np.exp(-(steps - 80) / 12)) - 0.2 / (1 + np.exp(-(steps - 320) / 40))
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = "".join(f"{s},{8 * s},{v}\n" for s, v in zip(steps, curve, strict=True))
+    (run / "metrics.csv").write_text("step,sequences,eval/excess_loss\n" + rows)
+    config = SimpleNamespace(name="m", condition="c", seed=0, data=SimpleNamespace(batch_size=8))
+    found = summarize(config, run, 3000, lt)["phase_change"]["transitions"]
+    assert [t["steepest"] for t in found] == pytest.approx([80, 320], abs=20)
+    assert len(detect_phase_change(steps, curve).transitions) < 2  # the default kernel: merged

@@ -49,10 +49,13 @@ class ModelIO:
 
 @dataclass(frozen=True)
 class LearningTime:
-    """A run has learned at the first evaluation where `metric` is below `threshold`."""
+    """A run has learned at the first evaluation where `metric` is below `threshold`; its phase
+    changes are detected on the same metric, smoothed with a Gaussian of s.d. `smooth_frac` of
+    the evaluations (at least one; `dynamics.detect_phase_change`)."""
 
     metric: str
     threshold: float
+    smooth_frac: float = 0.02
 
 
 class DataConfig:
