@@ -76,10 +76,6 @@ class ClampConfig:
     checkpoint: str | None = None  # value=graft: a checkpoint of another run
 
 
-def _site_kind(site: str) -> str:
-    return parse_site(site)[1]
-
-
 def _position_axis(kind: str) -> int:
     return 2 if kind in ("attn.scores", "attn.pattern") else 1
 
