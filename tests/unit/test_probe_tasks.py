@@ -63,6 +63,26 @@ def test_word_sequences_pair_the_classes_categories() -> None:
             assert first in words[pair[0]] and second in words[pair[1]]
 
 
+@pytest.mark.parametrize("task", list(WORD_TASKS))
+def test_every_word_piece_carries_its_own_category_as_its_knockout_key(task: str) -> None:
+    """The category knockout blocks attention between words of one category: each word piece's
+    key must be the category the word lists put it in (checked against the lists themselves),
+    and every other piece (instruction, ':', labels, blank lines) has none."""
+    from ihlab.probe.tasks import word_categories
+
+    category_of = {w: cat for cat, ws in word_categories().items() for w in ws}
+    seen = set()
+    for prompt in make_prompts(task, 10, n_prompts=8, seed=2):
+        for piece in prompt.pieces:
+            word = piece.text.strip()
+            if piece.key is None:
+                assert word not in category_of, f"{word!r} has no knockout key"
+            else:
+                assert piece.key == category_of[word]
+                seen.add(piece.key)
+    assert seen == {cat for pair in WORD_TASKS[task] for cat in pair}
+
+
 def test_prompts_are_seeded() -> None:
     a = [p.text for p in make_prompts("wordseq2", 5, 6, seed=0)]
     assert a == [p.text for p in make_prompts("wordseq2", 5, 6, seed=0)]
