@@ -17,6 +17,7 @@ exactly what it always did.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 
 import lightning as L
 import torch
@@ -53,9 +54,8 @@ def member_state(params: Mapping[str, Tensor], member: int) -> dict[str, Tensor]
 
 
 class MemberData(L.LightningDataModule):
-    """The batches of a job's members, one task (seed) each, stacked on a member axis: training
-    batches (member, batch, ...) and evaluation batches (batch, member, ...), the loader's axis
-    first so that evaluation sets are cut into batches along the sequences."""
+    """The batches of a job's members, one task (seed) each, stacked on a member axis:
+    (member, batch, ...); evaluation sets are cut into batches along the sequences (axis 1)."""
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         super().__init__()
@@ -68,18 +68,14 @@ class MemberData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return stream_loader(self, self.train_batch)
 
+    @cached_property
+    def eval_sets(self) -> dict[str, Batch]:
+        """Every member's fixed evaluation sequences per split, (member, eval_size, ...)."""
+        return {s: stack([t.eval_sets[s] for t in self.tasks]) for s in self.eval_splits}
+
     def val_dataloader(self) -> list[DataLoader]:
         size = self.tasks[0].cfg.eval_batch_size
-        return [
-            fixed_loader(
-                {
-                    k: v.transpose(0, 1)
-                    for k, v in stack([t.eval_sets[s] for t in self.tasks]).items()
-                },
-                size,
-            )
-            for s in self.eval_splits
-        ]
+        return [fixed_loader(self.eval_sets[s], size, axis=1) for s in self.eval_splits]
 
     def probe_batch(self) -> Batch:
         return stack([task.probe_batch() for task in self.tasks])

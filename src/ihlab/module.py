@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -40,6 +40,7 @@ from ihlab.optim import OptimConfig, build_optimizer, lr_factor
 from ihlab.outputs import StepTable, log_head_scores, loss_by_position_image
 from ihlab.seeding import derive_seed
 from ihlab.sites import SiteHooks
+from ihlab.wandb_logging import WandbRun
 
 log = logging.getLogger("ihlab.module")
 
@@ -185,10 +186,18 @@ class LabModule(L.LightningModule):
     # forward and losses
 
     def run(
-        self, batch: Batch, clamped: bool = True, cache: tuple[str, ...] = ()
+        self,
+        batch: Batch,
+        clamped: bool = True,
+        cache: tuple[str, ...] = (),
+        batched: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Every member's forward on its slice of a stacked batch: logits (member, ...) and the
-        `cache` sites (member, ...)."""
+        `cache` sites (member, ...). `batched`: one vmap over the members (training: a step's
+        small batches cost mostly per-operation overhead, which one batched forward pays once);
+        otherwise each member runs alone, exactly as its single run would (evaluation and head
+        scores: their large batches gain nothing from batching, and a member alone keeps the
+        fused attention kernel, which has no vmap rule)."""
         task, template, step, clamps = (
             self.members[0].task,
             self.template,
@@ -206,10 +215,20 @@ class LabModule(L.LightningModule):
             hooks = hooks if hooks is not None else SiteHooks(cache=cache)
             return forward(inputs, hooks), {name: hooks.cache[name] for name in cache}
 
-        if len(self.members) == 1:
-            ref = None if self.reference is None else member_batch(self.reference, 0)
-            logits, sites = one(member_state(self.params, 0), member_batch(batch, 0), ref)
-            return logits[None], {name: value[None] for name, value in sites.items()}
+        if len(self.members) == 1 or not batched:
+            runs = [
+                one(
+                    member_state(self.params, k),
+                    member_batch(batch, k),
+                    None if self.reference is None else member_batch(self.reference, k),
+                )
+                for k in range(len(self.members))
+            ]
+            if len(runs) == 1:
+                logits, sites = runs[0]
+                return logits[None], {name: value[None] for name, value in sites.items()}
+            logits = torch.stack([lg for lg, _ in runs])
+            return logits, {name: torch.stack([c[name] for _, c in runs]) for name in cache}
         params = {param_name(key): p for key, p in self.params.items()}
         with unfused_attention():
             return vmap(one, in_dims=(0, 0, None if self.reference is None else 0))(
@@ -296,10 +315,9 @@ class LabModule(L.LightningModule):
     # evaluation
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        batch = {k: v.transpose(0, 1) for k, v in batch.items()}  # (member, batch, ...)
-        split = self.data.eval_splits[dataloader_idx]
+        split = self.data.eval_splits[dataloader_idx]  # batch: (member, batch, ...)
         for variant in self.eval_variants:
-            logits, _ = self.run(batch, clamped=not variant)
+            logits, _ = self.run(batch, clamped=not variant, batched=False)
             for k, (lg, tg, loss) in enumerate(self.losses(batch, logits)):
                 metrics: SplitMetrics = self.eval_metrics[k][self._metrics_key(variant, split)]
                 metrics.update(member_batch(batch, k), lg, tg, loss)
@@ -341,10 +359,10 @@ class LabModule(L.LightningModule):
             return
         losses = np.array([table.rows[s] for s in sorted(table.rows)])  # (steps, positions)
         for logger in member.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WandbRun):
                 image = loss_by_position_image(losses)
                 caption = f"loss by position: steps {min(table.rows)}-{step} down, positions across"
-                logger.log_image("eval/loss_by_position", [image], step=step, caption=[caption])
+                logger.log_image("eval/loss_by_position", image, step, caption)
 
     @torch.no_grad()
     def evaluate(self) -> None:
@@ -378,7 +396,7 @@ class LabModule(L.LightningModule):
         probe = {k: v.to(self.device) for k, v in self.probe.items()}
         names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(self.model_cfg.n_layers))
         runs = {
-            variant: self.run(probe, clamped=not variant, cache=names)[1]
+            variant: self.run(probe, clamped=not variant, cache=names, batched=False)[1]
             for variant in self.eval_variants
         }
         for k, member in enumerate(self.members):

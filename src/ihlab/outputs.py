@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ihlab.atomic import open_atomic, write_text_atomic
 from ihlab.head_grids import colour, heads_image
 from ihlab.sites import head_key
+from ihlab.wandb_logging import WandbRun
 
 FIRST_COLUMNS = ("step", "sequences")
 
@@ -171,10 +172,10 @@ def log_head_scores(
     scalars = {prefix + k: v for k, v in head_scalars(scores).items()}
     for logger in loggers:
         logger.log_metrics(scalars, step=step)
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, WandbRun):
             image = heads_image({k: v.cpu().numpy() for k, v in scores.items()})
             caption = f"step {step}; layers down, heads across: {', '.join(scores)}"
-            logger.log_image(f"{prefix}heads/heatmap", [image], step=step, caption=[caption])
+            logger.log_image(f"{prefix}heads/heatmap", image, step, caption)
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> None:

@@ -63,7 +63,7 @@ from ihlab.members import MemberData
 from ihlab.module import Diverged, LabModule, Member
 from ihlab.outputs import MetricsCSV, StepTable, read_metrics, read_step_table, write_summary
 from ihlab.rundir import JOB_RECORD, SUMMARY, RunDirError, RunLock, RunPlan, contents, plan_run
-from ihlab.wandb_logging import make_wandb_logger, wandb_summary
+from ihlab.wandb_logging import WandbRun, make_wandb_logger, wandb_summary
 
 log = logging.getLogger("ihlab.train")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -327,6 +327,10 @@ def _train(
         )
         module = build_module(config, members)
         trainer = build_trainer(config, run_dir)
+        for member in members:  # W&B starts meanwhile; training waits for it, not beside it
+            for logger in member.loggers:
+                if isinstance(logger, WandbRun):
+                    logger.wait_started()
         fit_started = time.perf_counter()
         ckpt = str(plan.checkpoint) if plan.checkpoint is not None else None
         data = MemberData([m.task for m in members])
@@ -466,8 +470,11 @@ def finish_member(
     if ensemble:
         summary["ensemble"] = {"job_dir": str(run.run_dir.parent), "seeds": job_seeds}
     for logger in member.loggers[1:] if member is not None else []:  # W&B
-        logger.experiment.summary.update(wandb_summary(summary))
-        logger.experiment.finish(exit_code=0 if status == "completed" else 1)
+        try:
+            logger.finish(wandb_summary(summary), exit_code=0 if status == "completed" else 1)
+        except RuntimeError as err:  # the numbers on disk stand; the W&B run is incomplete
+            log.error("seed %d: %s", run.seed, err)
+            summary["wandb_error"] = str(err)
     write_summary(run.run_dir / "summary.json", summary)
     return summary
 

@@ -1,19 +1,73 @@
 """The run's W&B logger: offline by default, grouped by condition, steps on every x-axis, one W&B
-run per run directory (a resume continues it), and the run summary's headline keys."""
+run per run directory (a resume continues it), and the run summary's headline keys.
+
+Every W&B call is made by the W&B writer process beside the training process (ihlab.wandb_process
+says why and how): the training loop hands each call over, in order, and goes on.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
 import string
+from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from lightning.pytorch.loggers import Logger
+
 from ihlab.atomic import write_text_atomic
 from ihlab.config import TrainConfig
+from ihlab.wandb_process import STEP_KEY, writer
 
 RUN_ID = Path("wandb") / "ihlab-run-id"  # in the run directory: the id of its W&B run
 AGENT_RUN_ID = "WANDB_RUN_ID"  # set by a sweep agent for the run it starts
+
+
+class WandbRun(Logger):
+    """One run directory's W&B run as a Lightning logger, its calls made by the W&B writer.
+
+    `init` holds `wandb.init`'s arguments (the run id among them, so the id is known, and
+    written to the run directory, before W&B has started); `saved` is a file saved with the run.
+    """
+
+    def __init__(self, init: dict[str, Any], saved: Path | None = None) -> None:
+        super().__init__()
+        self.init, self.key = init, f"{init['id']}@{init['dir']}"
+        self.writer = writer()
+        self.writer.send(("init", self.key, init, str(saved) if saved is not None else None))
+
+    def wait_started(self) -> None:
+        """Wait until W&B has started the run (RuntimeError if it could not)."""
+        self.writer.wait(self.writer.started, self.key)
+
+    @property
+    def name(self) -> str:
+        return "wandb"
+
+    @property
+    def version(self) -> str:
+        return str(self.init["id"])
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The resolved config is the run's config from the start (`init`)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        row: dict[str, float | int] = {k: float(v) for k, v in metrics.items()}
+        if step is not None:
+            row[STEP_KEY] = step
+        self.writer.send(("log", self.key, row))
+
+    def log_image(self, key: str, image: np.ndarray, step: int, caption: str) -> None:
+        """An RGB array (height, width, 3) as a W&B image at `step` (encoded by the writer)."""
+        self.writer.send(("image", self.key, key, image, step, caption))
+
+    def finish(self, summary: Mapping[str, Any] | None = None, exit_code: int = 0) -> None:
+        """Add `summary` to the run's summary, end the run, and wait until W&B has made all of
+        its calls; RuntimeError with the first W&B error of the run, if there was one."""
+        self.writer.finish(self.key, dict(summary or {}), exit_code)
 
 
 def previous_run_id(run_dir: Path) -> str | None:
@@ -31,40 +85,43 @@ def new_run_id() -> str:
 
 def make_wandb_logger(
     config: TrainConfig, run_dir: Path, resolved: dict[str, Any], sweep_run: bool = True
-) -> Any:
-    """A Lightning WandbLogger for the run, with every metric on the optimizer-step axis. A run
-    resumed in its own directory continues its W&B run (same id, resume="allow"), so its curves
-    stay in one run; a fresh one gets a new id, or, if it is the `sweep_run`, a sweep agent's
-    (WANDB_RUN_ID). A sweep agent starts one W&B run per command: in an ensemble job
-    it launched, the first member is that run, reporting to the sweep, and the other members are
-    runs of their own in the same group (they would otherwise all claim the agent's id)."""
-    from lightning.pytorch.loggers import WandbLogger
-
+) -> WandbRun:
+    """The run's W&B logger, every metric on the optimizer-step axis. A run resumed in its own
+    directory continues its W&B run (same id, resume="allow"), so its curves stay in one run; a
+    fresh one gets a new id, or, if it is the `sweep_run`, a sweep agent's (WANDB_RUN_ID). A
+    sweep agent starts one W&B run per command: in an ensemble job it launched, the first member
+    is that run, reporting to the sweep, and the other members are runs of their own in the same
+    group (they would otherwise all claim the agent's id)."""
     w = config.wandb
-    fresh = os.environ.get(AGENT_RUN_ID) if sweep_run else new_run_id()
-    run_id = previous_run_id(run_dir) or fresh
-    logger = WandbLogger(
-        name=config.run_name,
-        group=config.group,
-        job_type=w.job_type,
-        project=w.project,
-        entity=w.entity,
-        tags=list(w.tags),
-        save_dir=str(run_dir),
-        mode=w.mode.value,
-        config=resolved,
-        id=run_id,
-        resume="allow",
-        reinit="create_new",  # an ensemble job logs one W&B run per seed, side by side
-    )
-    run = logger.experiment
-    write_text_atomic(run_dir / RUN_ID, run.id + "\n")
-    run.define_metric("trainer/global_step")
-    run.define_metric("*", step_metric="trainer/global_step")  # every panel's x-axis: steps
-    resolved_yaml = run_dir / ".hydra" / "resolved.yaml"
-    if resolved_yaml.exists():
-        run.save(str(resolved_yaml), base_path=str(resolved_yaml.parent), policy="now")
-    return logger
+    fresh = os.environ.get(AGENT_RUN_ID) if sweep_run else None
+    run_id = previous_run_id(run_dir) or fresh or new_run_id()
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / RUN_ID, run_id + "\n")
+    init = {
+        "name": config.run_name,
+        "group": config.group,
+        "job_type": w.job_type,
+        "project": w.project,
+        "entity": w.entity,
+        "tags": list(w.tags),
+        "dir": str(run_dir),
+        "mode": w.mode.value,
+        "config": builtins_only(resolved),
+        "id": run_id,
+        "resume": "allow",
+        "reinit": "create_new",  # an ensemble job logs one W&B run per seed, side by side
+    }
+    return WandbRun(init, run_dir / ".hydra" / "resolved.yaml")
+
+
+def builtins_only(value: Any) -> Any:
+    """`value` with every enum replaced by its value: what reaches the W&B writer must unpickle
+    there without importing the lab (an enum would import its module, and with it torch)."""
+    if isinstance(value, Mapping):
+        return {k: builtins_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [builtins_only(v) for v in value]
+    return value.value if isinstance(value, Enum) else value
 
 
 def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -34,22 +34,31 @@ class BatchStream(IterableDataset):
             step += 1
 
 
-class TensorDictDataset(Dataset):
-    """A fixed set of examples held as a dict of tensors that share their first dimension."""
+class FixedBatches(Dataset):
+    """A fixed set of examples (a dict of tensors) served as consecutive slices of `batch_size`
+    along `axis`: item i is the i-th batch, a view, so no row is copied or restacked."""
 
-    def __init__(self, tensors: dict[str, Tensor]) -> None:
-        self.tensors = tensors
+    def __init__(self, tensors: dict[str, Tensor], batch_size: int, axis: int = 0) -> None:
+        self.tensors, self.batch_size, self.axis = tensors, batch_size, axis
+        self.n = next(iter(tensors.values())).shape[axis]
 
     def __len__(self) -> int:
-        return len(next(iter(self.tensors.values())))
+        return -(-self.n // self.batch_size)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {key: value[i] for key, value in self.tensors.items()}
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = i * self.batch_size
+        return {
+            k: v.narrow(self.axis, start, min(self.batch_size, self.n - start))
+            for k, v in self.tensors.items()
+        }
 
 
-def fixed_loader(tensors: dict[str, Tensor], batch_size: int) -> DataLoader:
-    """Batches of a fixed evaluation set, in order; the default collate restacks the rows."""
-    return DataLoader(TensorDictDataset(tensors), batch_size=batch_size, shuffle=False)
+def fixed_loader(tensors: dict[str, Tensor], batch_size: int, axis: int = 0) -> DataLoader:
+    """Batches of a fixed evaluation set, in order: slices of `batch_size` examples along
+    `axis` (1 for sets stacked on a leading member axis)."""
+    return DataLoader(FixedBatches(tensors, batch_size, axis), batch_size=None, shuffle=False)
 
 
 def stream_loader(
