@@ -419,6 +419,25 @@ def test_a_signal_to_a_wandb_run_ends_it_interrupted_not_failed(tmp_path: Path) 
     assert summary["status"] == "interrupted", summary.get("error")
 
 
+def test_a_run_whose_wandb_cannot_start_fails_before_training_naming_why(
+    tmp_path: Path,
+) -> None:
+    """Online W&B without an API key: the writer's error reaches the run before its first step;
+    the run ends `failed` with the message, and its summary is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "IHLAB_OUTPUTS"))}
+    env.update(HOME=str(tmp_path), WANDB_BASE_URL="http://127.0.0.1:9")  # no key, no server
+    args = [*CLI[1:], "wandb.mode=online", "hydra.run.dir=run"]
+    result = subprocess.run(
+        [IHLAB_TRAIN, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "W&B failed" in summary["error"] and "API key" in summary["error"]
+    assert summary["steps"] == 0
+    assert "API key" in result.stderr
+
+
 # Divergence
 
 
