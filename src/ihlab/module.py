@@ -193,11 +193,10 @@ class LabModule(L.LightningModule):
         batched: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Every member's forward on its slice of a stacked batch: logits (member, ...) and the
-        `cache` sites (member, ...). `batched`: one vmap over the members (training: a step's
-        small batches cost mostly per-operation overhead, which one batched forward pays once);
-        otherwise each member runs alone, exactly as its single run would (evaluation and head
-        scores: their large batches gain nothing from batching, and a member alone keeps the
-        fused attention kernel, which has no vmap rule)."""
+        `cache` sites (member, ...). `batched`: one vmap over the members; otherwise each member
+        runs alone, exactly as its single run would. Training always batches (a step's small
+        batches cost mostly per-operation overhead, which one batched forward pays once);
+        evaluation and head scores batch only off the CPU (`measure_batched`)."""
         task, template, step, clamps = (
             self.members[0].task,
             self.template,
@@ -234,6 +233,15 @@ class LabModule(L.LightningModule):
             return vmap(one, in_dims=(0, 0, None if self.reference is None else 0))(
                 params, batch, self.reference
             )
+
+    @property
+    def measure_batched(self) -> bool:
+        """Whether evaluation and head scores run the members as one vmap. On the CPU they run
+        one member at a time: their 1000-sequence batches already keep the cores busy, so
+        batching gains nothing, and a member alone keeps PyTorch's fused attention (no vmap
+        rule), which is faster there. On an accelerator one batched forward fills the device
+        that hundreds of members' one-by-one forwards would leave idle."""
+        return self.device.type != "cpu"
 
     def losses(self, batch: Batch, logits: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per member: logits and targets where its task takes the loss, and the cross-entropy of
@@ -317,7 +325,7 @@ class LabModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.data.eval_splits[dataloader_idx]  # batch: (member, batch, ...)
         for variant in self.eval_variants:
-            logits, _ = self.run(batch, clamped=not variant, batched=False)
+            logits, _ = self.run(batch, clamped=not variant, batched=self.measure_batched)
             for k, (lg, tg, loss) in enumerate(self.losses(batch, logits)):
                 metrics: SplitMetrics = self.eval_metrics[k][self._metrics_key(variant, split)]
                 metrics.update(member_batch(batch, k), lg, tg, loss)
@@ -396,7 +404,9 @@ class LabModule(L.LightningModule):
         probe = {k: v.to(self.device) for k, v in self.probe.items()}
         names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(self.model_cfg.n_layers))
         runs = {
-            variant: self.run(probe, clamped=not variant, cache=names, batched=False)[1]
+            variant: self.run(
+                probe, clamped=not variant, cache=names, batched=self.measure_batched
+            )[1]
             for variant in self.eval_variants
         }
         for k, member in enumerate(self.members):

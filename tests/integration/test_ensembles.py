@@ -183,7 +183,9 @@ CLAMPED_CONFIGS = {
 )
 def test_every_clamp_and_model_gives_each_member_its_own_forward(clamp: str, model: str) -> None:
     """The forward of a 3-member job on stacked batches equals each seed's own forward (one
-    member), for clamp values that need passes, hand-built ones, MLPs, RoPE and smeared keys."""
+    member), for clamp values that need passes, hand-built ones, MLPs, RoPE and smeared keys:
+    batched (one vmap, to float noise) and member by member (as evaluation runs on the CPU:
+    exactly)."""
     overrides = quiet([*FEWSHOT, *model.split(), *CLAMPED_CONFIGS[clamp]])
     config = to_train_config(compose_config(overrides))
     seeds = [0, 1, 2]
@@ -192,11 +194,14 @@ def test_every_clamp_and_model_gives_each_member_its_own_forward(clamp: str, mod
     batch = MemberData(tasks).train_batch(3)
     names = ("blocks.1.attn.pattern",)
     logits, cache = job.run(batch, cache=names)
+    looped, looped_cache = job.run(batch, cache=names, batched=False)
     for k, seed in enumerate(seeds):
         alone = prepared(build_module(config, [Member(seed, tasks[k])]))
         own, own_cache = alone.run(MemberData([tasks[k]]).train_batch(3), cache=names)
         assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
         assert torch.allclose(cache[names[0]][k], own_cache[names[0]][0], rtol=1e-4, atol=1e-5)
+        assert torch.equal(looped[k], own[0])
+        assert torch.equal(looped_cache[names[0]][k], own_cache[names[0]][0])
         assert torch.equal(member_batch(batch, k)["labels"], tasks[k].train_batch(3)["labels"])
 
 
