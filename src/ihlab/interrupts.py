@@ -108,9 +108,9 @@ GUARD = SignalGuard()
 def stop_children(signum: int) -> None:
     """Send `signum` to every descendant process of this session and wait for them to stop
     (SIGKILL after CHILD_GRACE_S): a parallel multirun's workers checkpoint and stop with their
-    parent. Helpers that run in a session of their own (W&B's service) or ignore the signal
-    (multiprocessing's and loky's resource trackers) are left alone: they must outlive the run's
-    last words, and they stop by themselves when their parent does."""
+    parent. Helpers that run in a session of their own (the W&B writer and W&B's service) or
+    ignore the signal (multiprocessing's and loky's resource trackers) are left alone: they must
+    outlive the run's last words, and they stop by themselves when their parent does."""
     session = os.getsid(0)
     children = [
         p
