@@ -438,6 +438,30 @@ def test_a_run_whose_wandb_cannot_start_fails_before_training_naming_why(
     assert "API key" in result.stderr
 
 
+def test_a_run_whose_wandb_writer_dies_mid_run_fails_naming_it_and_keeps_its_numbers(
+    tmp_path: Path,
+) -> None:
+    """The W&B writer process killed mid-run: the run's next W&B call raises, the run ends
+    `failed` (exit 1) saying why, and metrics.csv keeps every step it trained."""
+    proc = start([*CLI[1:], "hydra.run.dir=run", "trainer.max_steps=100000"], cwd=tmp_path)
+    run = tmp_path / "run"
+    wait_for(logged_step(run, 40), proc)
+    (wandb_writer,) = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "ihlab.wandb_process" in p.cmdline()
+    ]
+    wandb_writer.kill()
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == "RuntimeError: the W&B writer process stopped"
+    steps = [r["step"] for r in read_metrics(run / "metrics.csv")]
+    assert steps[0] == 0 and max(steps) >= 40
+    assert summary["steps"] >= max(steps)
+
+
 # Divergence
 
 
