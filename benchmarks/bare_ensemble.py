@@ -3,9 +3,10 @@
 K members' parameters stacked on a member axis, the model written out as batched matmuls (member
 axis first) with PyTorch's fused attention over all members' sequences at once, and foreach Adam.
 Each step draws every member's batch from its own task (the batches its single run trains on);
-every `eval_every` steps every member's evaluation sets go through one no-grad
-forward. Nothing else: no Lightning, hooks, metrics, head scores, logging, files or start-up. The
-model is checked to give each member's lab-model logits before it is timed.
+every `eval_every` steps each member's evaluation sets go through a no-grad forward, member by
+member as the lab does on the CPU. Nothing else: no Lightning, hooks, metrics, head scores,
+logging, files or start-up. The model is checked to give each member's lab-model logits before it
+is timed.
 
     python benchmarks/bare_ensemble.py [--members 8] [--steps 1500] [--threads 0]
 

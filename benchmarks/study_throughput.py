@@ -49,8 +49,8 @@ def wall(args: list[str], cwd: Path) -> float:
 
 def bare_seconds(members: int, steps: int, processes: int) -> float:
     """Wall seconds of `processes` concurrent bare batched loops (bare_ensemble.py) sharing
-    `members` seeds: the slowest one's training time (one process: torch's default threads;
-    several: one thread each)."""
+    `members` seeds: the slowest one's time for training and evaluation (one process: torch's
+    default threads; several: one thread each)."""
     script = str(Path(__file__).with_name("bare_ensemble.py"))
     size = -(-members // processes)
     threads = "0" if processes == 1 else "1"
