@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import Tensor
 
-from ihlab.confdir import config_dir
-from ihlab.config import register_configs, to_train_config
-from ihlab.data import make_datamodule
-from ihlab.members import stack
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.data import make_family
 from ihlab.model import Transformer
 from ihlab.seeding import derive_seed
+from ihlab.train.members import stack
+from ihlab.train.schema import register_configs, to_train_config
 
 WARMUP = 20
 
@@ -92,7 +92,7 @@ def main() -> None:
         config = to_train_config(compose("train", overrides=["experiment=fewshot_fast"]))
     assert config.model.positional.value == "rope" and config.model.attn_only
     assert not config.model.bias and not config.model.smeared_keys
-    tasks = [make_datamodule(config.data, seed) for seed in range(args.members)]
+    tasks = [make_family(config.data, seed) for seed in range(args.members)]
     models = []
     for seed in range(args.members):  # each member's lab init
         torch.manual_seed(derive_seed(seed, "init"))

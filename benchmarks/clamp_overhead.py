@@ -18,8 +18,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from timing import lab_steps_per_sec, median_ratio
 
-from ihlab.confdir import config_dir
-from ihlab.config import register_configs, to_train_config
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.train.schema import register_configs, to_train_config
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import sys
 JOB = """
 import json, resource, sys, tempfile
 import torch
-from ihlab.train import main
+from ihlab.apps.train import main
 
 members, device = int(sys.argv[1]), sys.argv[2]
 seeds = ",".join(map(str, range(members)))

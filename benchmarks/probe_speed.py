@@ -27,7 +27,7 @@ from ihlab.probe.config import ProbeConfig
 from ihlab.probe.evaluate import score_conditions
 from ihlab.probe.heads import head_scores
 from ihlab.probe.models import fast_dtype, load_model
-from ihlab.probe.tasks import make_prompts
+from ihlab.probe.prompts import make_prompts
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from hydra import compose, initialize_config_dir
 from timing import WARMUP, lab_steps_per_sec, median_ratio
 from torch import Tensor, nn
 
-from ihlab.confdir import config_dir
-from ihlab.config import register_configs, to_train_config
-from ihlab.data import make_datamodule
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.data import make_family
 from ihlab.model import Transformer
+from ihlab.train.schema import register_configs, to_train_config
 
 
 class BareBlock(nn.Module):
@@ -65,7 +65,7 @@ class BareModel(nn.Module):
 
 
 def bare_steps_per_sec(config, steps: int) -> float:
-    datamodule = make_datamodule(config.data, config.seed)
+    datamodule = make_family(config.data, config.seed)
     lab = Transformer(config.model, datamodule.io)
     m = config.model
     model = BareModel(datamodule.io.d_vocab, datamodule.io.n_ctx, m.d_model, m.n_heads, m.n_layers)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import lightning as L
 
-from ihlab.config import TrainConfig
-from ihlab.data import make_datamodule
-from ihlab.members import MemberData
-from ihlab.module import Member
-from ihlab.outputs import MetricsCSV
-from ihlab.train import build_module, build_trainer
+from ihlab.data import make_family
+from ihlab.tracking.loggers import MetricsCSV
+from ihlab.train.members import MemberBatches
+from ihlab.train.module import Member
+from ihlab.train.run import build_module, build_trainer
+from ihlab.train.schema import TrainConfig
 
 WARMUP = 20
 
@@ -40,12 +40,12 @@ def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
     members = []
     for seed in seeds:
         csv = MetricsCSV(out / f"s{seed}" / "metrics.csv", config.data.batch_size)
-        members.append(Member(seed, make_datamodule(config.data, seed), [csv]))
+        members.append(Member(seed, make_family(config.data, seed), [csv]))
     module = build_module(config, members)
     trainer = build_trainer(config, out)
     timer = StepTimer()
     trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=MemberData([m.task for m in members]))
+    trainer.fit(module, datamodule=MemberBatches([m.task for m in members]))
     return timer.steps_per_sec
 
 

@@ -1,5 +1,6 @@
-"""The README's Markov figure: a run's evaluation loss with the uniform, in-context unigram and
-Bayes bigram predictors' losses on the same sequences, and the detected transitions shaded.
+"""The Markov figure of docs/experiments.md: a run's evaluation loss with the uniform, in-context
+unigram and Bayes bigram predictors' losses on the same sequences, and the detected transitions
+shaded.
 
     python docs/plot_markov.py outputs/markov_2l/<run> docs/markov_stages.png
 """

@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from ihlab.confdir import config_dir
-from ihlab.config import TrainConfig, register_configs, to_train_config
-from ihlab.train import train
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.train.run import train
+from ihlab.train.schema import TrainConfig, register_configs, to_train_config
 
 os.environ.setdefault("WANDB_SILENT", "true")
 register_configs()

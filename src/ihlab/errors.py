@@ -1,5 +1,33 @@
-"""Errors the lab raises for bad input: each names the problem and the fix."""
+"""Errors the lab raises for bad input (each names the problem and the fix), and the one way a
+composed Hydra config becomes a validated dataclass."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, ValidationError
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key (e.g. `model.d_model`) and the fix."""
+
+
+def to_config(cfg: DictConfig, schema: type[T]) -> T:
+    """The dataclass `schema` built from a composed config. Hydra has checked keys and types as
+    it composed; here the dataclasses' own checks run (their `__post_init__` raises ConfigError
+    naming the key), and a missing (???) or ill-typed value becomes a ConfigError naming it."""
+    try:
+        config = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigError(
+            f"{err.full_key} is required (??? in the config). Fix: set it on the command line, "
+            f"e.g. {err.full_key}=VALUE."
+        ) from err
+    except ValidationError as err:
+        raise ConfigError(f"{err.full_key}: {err.msg}") from err
+    if not isinstance(config, schema):
+        raise ConfigError(f"the config is not a {schema.__name__}: compose it from its YAML file.")
+    return config

@@ -21,9 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ihlab.data.base import ModelIO
 from ihlab.errors import ConfigError
 from ihlab.sites import NO_HOOKS, SiteHooks, check_sites, site_names
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """Input and output sizes the data imposes on the model (each data family makes one).
+
+    Token data sets `d_vocab`; few-shot data sets `d_features` (exemplar vectors) and `n_labels`
+    (label tokens share the sequence with exemplars). `d_vocab_out` is the unembedding width.
+    """
+
+    n_ctx: int
+    d_vocab_out: int
+    d_vocab: int | None = None
+    d_features: int | None = None
+    n_labels: int | None = None
 
 
 class Positional(str, Enum):
@@ -276,35 +290,3 @@ def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
     model = dict(state["model"])
     model["positional"] = Positional(model["positional"])
     return ModelConfig(**model), ModelIO(**state["io"])
-
-
-def load_lab_model(checkpoint: str, member: int = 0) -> Transformer:
-    """The model of an `ihlab-train` checkpoint (its shape is stored beside the weights), in eval
-    mode, loaded without arbitrary unpickling; `member` picks a seed of an ensemble job's
-    checkpoint. ValueError (`CheckpointError`) for a file that is unreadable, unsafe, or not
-    written by ihlab-train."""
-    from ihlab.checkpoints import CheckpointError, load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    if "ihlab_model" not in state or "state_dict" not in state:
-        raise CheckpointError(
-            f"{checkpoint} was not written by ihlab-train (no model config in it)."
-        )
-    model = Transformer(*from_shape_state(state["ihlab_model"]))
-    stacked = {
-        k[len("params.") :]: v for k, v in state["state_dict"].items() if k.startswith("params.")
-    }
-    if stacked:  # parameters on a member axis (members.py)
-        n_members = next(iter(stacked.values())).shape[0]
-        if not 0 <= member < n_members:
-            raise CheckpointError(
-                f"{checkpoint} holds {n_members} members; member {member} is not one."
-            )
-        weights = {key.replace("__", "."): value[member] for key, value in stacked.items()}
-    else:  # one model's parameters under "model."
-        prefix = "model."
-        weights = {
-            k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)
-        }
-    model.load_state_dict(weights)
-    return model.eval()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config, quiet
+from ihlab.apps.train import run_job
 from ihlab.errors import ConfigError
-from ihlab.outputs import read_metrics
-from ihlab.train import run_job
+from ihlab.runs.tables import read_metrics
 
 FEWSHOT = ("experiment=fewshot_fast", "data.eval_size=100", "data.n_train_classes=100")
 SHORT = ("trainer.max_steps=40", "trainer.eval_every=20", "trainer.score_every=20")

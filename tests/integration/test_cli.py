@@ -30,6 +30,9 @@ def test_multirun_of_two_jobs_writes_two_complete_run_directories(tmp_path: Path
     result = ihlab_train(["-m", "seed=0,1", *QUICK], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
+    assert f"2 of 2 jobs completed in {Path('outputs/multirun/induction_2l') / sweep.name}" in (
+        result.stderr
+    )
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert runs == ["0_baseline_s0", "1_baseline_s1"]
     for name, seed in zip(runs, (0, 1), strict=True):
@@ -60,15 +63,57 @@ def test_multirun_through_submitit_and_joblib_launchers(launcher: str, tmp_path:
         assert (sweep / ".submitit").is_dir()
 
 
-def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
-    result = ihlab_train(["-m", "model.n_heads=5,4", *QUICK], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
-    bad = json.loads((sweep / "0_baseline_s0" / "summary.json").read_text())
-    good = json.loads((sweep / "1_baseline_s0" / "summary.json").read_text())
-    assert bad["status"] == "config_error" and "model.n_heads=5" in bad["error"]
-    assert good["status"] == "completed"
-    assert "config error" in (sweep / "0_baseline_s0" / "train.log").read_text()
+def test_a_multirun_with_a_bad_point_runs_nothing_and_names_every_bad_point(
+    tmp_path: Path,
+) -> None:
+    """Every point is validated before the first job starts: a bad value in any point stops the
+    multirun at once (exit 1), naming each bad point, its key and the fix, and writes nothing."""
+    args = ["-m", "optim.lr=1e-3,-1", "model.n_heads=4,5", *QUICK]
+    result = ihlab_train(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "config error in 3 of 4 sweep points; no job was run" in result.stderr
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("job")]
+    assert [line.split(":")[0] for line in lines] == [
+        "job 1 (optim.lr=0.001 model.n_heads=5)",
+        "job 2 (optim.lr=-1 model.n_heads=4)",
+        "job 3 (optim.lr=-1 model.n_heads=5)",
+    ]
+    assert "model.d_model=64 is not divisible by model.n_heads=5" in lines[0]
+    assert "optim.lr=-1.0 must be a finite number > 0" in lines[1]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_multirun_reports_every_jobs_status_and_fails_when_one_did_not_complete(
+    tmp_path: Path,
+) -> None:
+    """A job that diverges does not stop the others; the table at the end says which job did not
+    complete and why, the exit status is 1, and ihlab-compare still reads the completed job."""
+    args = ["-m", "trainer.divergence_factor=10,0.001", *QUICK, "hydra.sweep.dir=sweep"]
+    result = ihlab_train(args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "1 of 2 jobs completed in sweep" in result.stderr
+    rows = {
+        cells[0]: cells
+        for line in result.stderr.splitlines()
+        if (cells := line.split()) and cells[0] in ("0", "1")
+    }
+    assert rows["0"][1:3] == ["completed", "trainer.divergence_factor=10"]
+    assert rows["1"][1:3] == ["diverged", "trainer.divergence_factor=0.001"]
+    assert "diverged at step 0" in " ".join(rows["1"])
+    assert "1 of 2 jobs did not complete" in result.stderr
+    done = json.loads((tmp_path / "sweep" / "0_baseline_s0" / "summary.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == 20
+    compared = subprocess.run(
+        [str(Path(sys.executable).parent / "ihlab-compare"), "runs=[sweep]"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert compared.returncode == 0, compared.stderr
+    table = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "| baseline | 1 | 0 |" in table
+    assert "1_baseline_s0 | diverged" in table
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,13 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import compose_config, quiet
-from ihlab.compare import compare, main
-from ihlab.compare_stats import holm
-from ihlab.confdir import config_dir
-from ihlab.config import to_train_config
-from ihlab.outputs import write_summary
-from ihlab.train import train
+from ihlab.apps.compare import main
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.compare.study import compare
+from ihlab.runs.summary import write_summary
+from ihlab.stats.groups import holm
+from ihlab.train.run import train
+from ihlab.train.schema import to_train_config
 
 SHORT = (
     "experiment=fewshot_fast",

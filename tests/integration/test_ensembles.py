@@ -24,15 +24,16 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, quiet, read_offline_wandb
-from ihlab.compare import compare
-from ihlab.config import to_train_config
-from ihlab.data import make_datamodule
-from ihlab.interrupts import Interrupted
-from ihlab.members import MemberData, member_batch
-from ihlab.model import load_lab_model, shape_state
-from ihlab.module import LabModule, Member
-from ihlab.outputs import read_metrics, read_step_table
-from ihlab.train import build_module, train
+from ihlab.compare.study import compare
+from ihlab.data import make_family
+from ihlab.model import shape_state
+from ihlab.runs.checkpoints import load_lab_model
+from ihlab.runs.signals import Interrupted
+from ihlab.runs.tables import read_metrics, read_step_table
+from ihlab.train.members import MemberBatches, member_batch
+from ihlab.train.module import LabModule, Member
+from ihlab.train.run import build_module, train
+from ihlab.train.schema import to_train_config
 
 SHORT = ("trainer.max_steps=80", "trainer.eval_every=20", "trainer.score_every=40")
 FEWSHOT = ("experiment=fewshot_fast", "data.eval_size=100", "data.n_train_classes=100")
@@ -189,15 +190,15 @@ def test_every_clamp_and_model_gives_each_member_its_own_forward(clamp: str, mod
     overrides = quiet([*FEWSHOT, *model.split(), *CLAMPED_CONFIGS[clamp]])
     config = to_train_config(compose_config(overrides))
     seeds = [0, 1, 2]
-    tasks = [make_datamodule(config.data, s) for s in seeds]
+    tasks = [make_family(config.data, s) for s in seeds]
     job = prepared(build_module(config, [Member(s, t) for s, t in zip(seeds, tasks, strict=True)]))
-    batch = MemberData(tasks).train_batch(3)
+    batch = MemberBatches(tasks).train_batch(3)
     names = ("blocks.1.attn.pattern",)
     logits, cache = job.run(batch, cache=names)
     looped, looped_cache = job.run(batch, cache=names, batched=False)
     for k, seed in enumerate(seeds):
         alone = prepared(build_module(config, [Member(seed, tasks[k])]))
-        own, own_cache = alone.run(MemberData([tasks[k]]).train_batch(3), cache=names)
+        own, own_cache = alone.run(MemberBatches([tasks[k]]).train_batch(3), cache=names)
         assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
         assert torch.allclose(cache[names[0]][k], own_cache[names[0]][0], rtol=1e-4, atol=1e-5)
         assert torch.equal(looped[k], own[0])
@@ -207,7 +208,7 @@ def test_every_clamp_and_model_gives_each_member_its_own_forward(clamp: str, mod
 
 def prepared(module: LabModule) -> LabModule:
     """A module set up as fit would (its probe batch, its mean clamps' reference)."""
-    module.prepare(MemberData([m.task for m in module.members]))
+    module.prepare(MemberBatches([m.family for m in module.members]))
     return module
 
 
@@ -220,7 +221,7 @@ def test_grafts_and_token_clamps_give_each_member_its_own_forward(
     if clamp == "graft":
         extra = ["clamps=graft", f"clamps.graft.checkpoint={donor}"]
         base = to_train_config(compose_config(quiet(["experiment=induction_2l"])))
-        task = make_datamodule(base.data, 7)
+        task = make_family(base.data, 7)
         module = build_module(base, [Member(7, task)])
         torch.save(
             {
@@ -232,12 +233,12 @@ def test_grafts_and_token_clamps_give_each_member_its_own_forward(
         )
     config = to_train_config(compose_config(quiet(["experiment=induction_2l", *extra])))
     seeds = [0, 1, 2]
-    tasks = [make_datamodule(config.data, s) for s in seeds]
+    tasks = [make_family(config.data, s) for s in seeds]
     job = prepared(build_module(config, [Member(s, t) for s, t in zip(seeds, tasks, strict=True)]))
-    logits, _ = job.run(MemberData(tasks).train_batch(2))
+    logits, _ = job.run(MemberBatches(tasks).train_batch(2))
     for k, seed in enumerate(seeds):
         alone = prepared(build_module(config, [Member(seed, tasks[k])]))
-        own, _ = alone.run(MemberData([tasks[k]]).train_batch(2))
+        own, _ = alone.run(MemberBatches([tasks[k]]).train_batch(2))
         assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
 
 

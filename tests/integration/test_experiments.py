@@ -14,8 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config, quiet
-from ihlab.config import to_train_config
-from ihlab.train import train
+from ihlab.train.run import train
+from ihlab.train.schema import to_train_config
 
 pytestmark = pytest.mark.slow
 

@@ -26,15 +26,20 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, quiet
-from ihlab.checkpoints import CheckpointError, PeriodicCheckpoint, load_checkpoint
-from ihlab.config import to_train_config
 from ihlab.errors import ConfigError
-from ihlab.interrupts import Interrupted
-from ihlab.model import load_lab_model
-from ihlab.module import LabModule
-from ihlab.outputs import read_metrics, write_summary
-from ihlab.rundir import RunDirError
-from ihlab.train import train
+from ihlab.runs.checkpoints import (
+    CheckpointError,
+    PeriodicCheckpoint,
+    load_checkpoint,
+    load_lab_model,
+)
+from ihlab.runs.ownership import RunDirError
+from ihlab.runs.signals import Interrupted
+from ihlab.runs.summary import write_summary
+from ihlab.runs.tables import read_metrics
+from ihlab.train.module import LabModule
+from ihlab.train.run import train
+from ihlab.train.schema import to_train_config
 
 IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
 # Short runs with evaluation every 20 steps and checkpoints every 50, so that interruptions land
@@ -449,7 +454,7 @@ def test_a_run_whose_wandb_writer_dies_mid_run_fails_naming_it_and_keeps_its_num
     (wandb_writer,) = [
         p
         for p in psutil.Process(proc.pid).children(recursive=True)
-        if "ihlab.wandb_process" in p.cmdline()
+        if "ihlab.tracking.wandb_writer" in p.cmdline()
     ]
     wandb_writer.kill()
     output, _ = proc.communicate(timeout=300)

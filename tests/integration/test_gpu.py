@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ihlab.outputs import read_metrics
+from ihlab.runs.tables import read_metrics
 
 pytestmark = [
     pytest.mark.gpu,

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from ihlab.dynamics import detect_phase_change
+from ihlab.metrics.dynamics import detect_phase_change
 
 SHORT = (
     "experiment=fewshot_fast",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from ihlab.clamps import ClampConfig
+from ihlab.clamps.spec import ClampConfig
 from ihlab.errors import ConfigError
 from ihlab.probe.config import ModelSource, ProbeConfig, SelectConfig, TaskConfig
 from ihlab.probe.models import fast_dtype
@@ -128,7 +128,7 @@ def test_bad_probe_inputs_fail_before_the_model_loads_and_write_nothing(
 ) -> None:
     import huggingface_hub.constants
 
-    from ihlab.probe.app import run_probe
+    from ihlab.probe.run import run_probe
 
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
@@ -202,9 +202,10 @@ def test_bfloat16_predictions_agree_with_float32() -> None:
     under 0.09 nats)."""
     import copy
 
-    from ihlab.probe.evaluate import Condition, score_conditions
+    from ihlab.probe.conditions import Condition
+    from ihlab.probe.evaluate import score_conditions
     from ihlab.probe.models import load_model
-    from ihlab.probe.tasks import make_prompts
+    from ihlab.probe.prompts import make_prompts
 
     reference = load_model(dtype="float32")
     bf16 = copy.copy(reference)

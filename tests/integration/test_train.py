@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import compose_config, quiet, read_offline_wandb
-from ihlab.module import LabModule
-from ihlab.outputs import read_metrics, read_step_table
-from ihlab.train import run_job
+from ihlab.apps.train import run_job
+from ihlab.runs.tables import read_metrics, read_step_table
+from ihlab.train.module import LabModule
 
 SHORT = ("trainer.max_steps=60", "trainer.eval_every=20", "trainer.score_every=20")
 
@@ -143,7 +143,7 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
     assert expected <= keys
     assert any(k.startswith("heads/heatmap") for k in keys)
     assert any(k.startswith("eval/loss_by_position") for k in keys)
-    assert "heads/copying/L0H0" in keys and "heads/k_composition/L1H0" in keys
+    assert "heads/ov_copying/L0H0" in keys and "heads/k_composition/L1H0" in keys
     assert sum(f.startswith("media/images/heads/heatmap") for f in record["files"]) == 4
     assert "resolved.yaml" in record["files"]
     expected_summary = {
@@ -195,9 +195,9 @@ def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: P
     assert best(rows[0], "previous_token/L0") < 0.06 + 0.02  # measured: 0.060
     assert best(rows[-1], "previous_token/L0") >= 0.5 - 0.1  # measured: 0.51
     # Every layer-1 induction head copies: Olsson et al.'s eigenvalue score > 0 (measured: L1H3
-    # prefix matching 0.58, copying +0.36; L1H2 0.52, +0.98; L1H1 0.51, +0.74; L1H0 0.04, -1.0).
+    # prefix matching 0.58, OV copying +0.36; L1H2 0.52, +0.98; L1H1 0.51, +0.74; L1H0 0.04, -1.0).
     prefix = "heads/prefix_matching/L1"
     induction = [k for k, v in rows[-1].items() if k.startswith(prefix) and v > 0.3]
     assert len(induction) >= 2  # measured: 3 of 4
     for key in induction:
-        assert rows[-1][key.replace("prefix_matching", "copying")] > 0, key
+        assert rows[-1][key.replace("prefix_matching", "ov_copying")] > 0, key

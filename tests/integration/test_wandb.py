@@ -13,15 +13,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import ihlab.apps.dashboard  # noqa: F401  (registers the dashboard schema)
 from conftest import compose_config, read_offline_wandb
 from dashboard_keys import panel_keys, report_panels, workspace_panels
-from ihlab.confdir import config_dir
-from ihlab.config import to_train_config
-from ihlab.dashboard import DashboardConfig, build_report, build_workspace
-from ihlab.module import LabModule
-from ihlab.outputs import read_metrics
-from ihlab.rundir import flat
-from ihlab.train import train
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.runs.ownership import flat
+from ihlab.runs.tables import read_metrics
+from ihlab.tracking.dashboard import DashboardConfig, build_report, build_workspace
+from ihlab.train.module import LabModule
+from ihlab.train.run import train
+from ihlab.train.schema import to_train_config
 from wandb_records import read_records
 
 TOKENS = (

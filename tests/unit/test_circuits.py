@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ihlab.data.base import ModelIO
-from ihlab.metrics.circuits import composition_score, composition_scores, copying_score
-from ihlab.model import ModelConfig, Transformer
+from ihlab.metrics.circuits import composition_score, composition_scores, ov_copying_score
+from ihlab.model import ModelConfig, ModelIO, Transformer
 
 
 def identity_copier(n_layers: int = 1) -> Transformer:
@@ -28,13 +27,13 @@ def identity_copier(n_layers: int = 1) -> Transformer:
 
 def test_a_copying_head_scores_1_an_anti_copying_head_minus_1_a_silent_one_nan() -> None:
     model = identity_copier()
-    assert copying_score(model).tolist() == [[pytest.approx(1.0)]]
+    assert ov_copying_score(model).tolist() == [[pytest.approx(1.0)]]
     with torch.no_grad():
         model.blocks[0].attn.out.weight.copy_(-torch.eye(6))  # every token lowers its own logit
-    assert copying_score(model).tolist() == [[pytest.approx(-1.0)]]
+    assert ov_copying_score(model).tolist() == [[pytest.approx(-1.0)]]
     with torch.no_grad():
         model.blocks[0].attn.out.weight.zero_()
-    assert math.isnan(copying_score(model).item())
+    assert math.isnan(ov_copying_score(model).item())
 
 
 def full_ov_score(model: Transformer, embed: torch.Tensor, layer: int, head: int) -> float:
@@ -65,7 +64,7 @@ def test_random_heads_score_about_0_as_numpy_computes_on_the_full_circuit() -> N
     torch.manual_seed(0)
     model = Transformer(ModelConfig(n_layers=4, n_heads=4, d_model=32), ModelIO(8, 50, 50))
     randomize_norms(model)
-    scores = copying_score(model)
+    scores = ov_copying_score(model)
     expected = [
         [full_ov_score(model, model.embed_tokens.weight, layer, h) for h in range(4)]
         for layer in range(4)
@@ -83,7 +82,7 @@ def test_few_shot_models_use_the_label_embeddings() -> None:
         [full_ov_score(model, model.embed_labels.weight, layer, h) for h in range(4)]
         for layer in range(2)
     ]
-    np.testing.assert_allclose(copying_score(model).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(ov_copying_score(model).numpy(), expected, atol=1e-5)
 
 
 def test_composition_score_of_aligned_and_orthogonal_matrices() -> None:

@@ -13,22 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ihlab.clamps import (
-    ClampConfig,
-    ClampContext,
-    ClampSet,
-    HeadSelect,
-    Window,
-    build_clamp_set,
-    check_clamps,
-)
-from ihlab.data import FewShotConfig, RepeatedTokensConfig
-from ihlab.data.base import ModelIO
+from ihlab.clamps.checks import check_clamps
+from ihlab.clamps.context import ClampContext
+from ihlab.clamps.engine import ClampSet, build_clamp_set
+from ihlab.clamps.spec import ClampConfig, HeadSelect, Window
+from ihlab.clamps.values import VALUES
+from ihlab.clamps.values.mean import ReferenceInputs
+from ihlab.clamps.values.multipass import shifted
+from ihlab.data.fewshot import FewShotConfig
+from ihlab.data.repeated import RepeatedTokensConfig
 from ihlab.errors import ConfigError
-from ihlab.model import ModelConfig, Positional, Transformer, shape_state
+from ihlab.model import ModelConfig, ModelIO, Positional, Transformer, shape_state
 from ihlab.sites import SiteHooks
-from ihlab.values import VALUES
-from ihlab.values.multipass import shifted
 
 N_LABELS, D_FEATURES, N_HEADS = 7, 6, 4  # labels != positions (5), so no axis mix-up passes
 FEWSHOT_IO = ModelIO(n_ctx=5, d_features=D_FEATURES, n_labels=N_LABELS, d_vocab_out=N_LABELS)
@@ -74,8 +70,19 @@ def loss_of(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
 Check = Callable[[Transformer, dict[str, Tensor], dict[str, Tensor]], None]
 
 
+def context(batch: dict[str, Tensor], step: int, reference: dict | None = None) -> ClampContext:
+    """A forward's clamp context; `reference`: the mean clamps' reference batch."""
+    mean_over = ReferenceInputs(inputs_of(reference)) if reference is not None else None
+    return ClampContext(inputs_of(batch), batch.get("target"), step, mean_over)
+
+
 def train_and_check(
-    clamps: ClampSet, sites: list[str], check: Check, steps: int = 4, tokens: bool = False
+    clamps: ClampSet,
+    sites: list[str],
+    check: Check,
+    steps: int = 4,
+    tokens: bool = False,
+    reference: dict[str, Tensor] | None = None,
 ) -> Transformer:
     """A short Adam run through the clamped forward; `check(model, batch, cache)` runs at every
     step on the cache of the very forward that is then trained on (parameters before the update)."""
@@ -84,8 +91,7 @@ def train_and_check(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(steps):
         batch = token_batch(step) if tokens else fewshot_batch(step)
-        ctx = ClampContext(inputs_of(batch), batch.get("target"), step)
-        hooks = clamps.hooks(model, ctx, sites)
+        hooks = clamps.hooks(context(batch, step, reference), sites, model)
         logits = model(inputs_of(batch), hooks)
         with torch.no_grad():
             check(model, batch, hooks.cache)
@@ -133,7 +139,6 @@ def test_mean_is_the_reference_batch_mean_under_the_current_parameters() -> None
     site = "blocks.0.attn.v"
     clamps = clamp_set(m=ClampConfig(site=site, value="mean", heads=[2]))
     reference = fewshot_batch(99, batch=16)
-    clamps.reference = inputs_of(reference)
 
     def check(model, batch, cache):
         mean = clean(model, reference, [site])[site].mean(dim=0)  # (pos, head, d_head)
@@ -141,7 +146,7 @@ def test_mean_is_the_reference_batch_mean_under_the_current_parameters() -> None
         torch.testing.assert_close(v[:, :, 2], mean[:, 2].expand_as(v[:, :, 2]), rtol=0, atol=0)
         assert torch.equal(v[:, :, :2], clean(model, batch, [site])[site][:, :, :2])
 
-    train_and_check(clamps, [site], check)
+    train_and_check(clamps, [site], check, reference=reference)
 
 
 def test_previous_token_pattern() -> None:
@@ -258,7 +263,7 @@ def test_multipass_is_causal(tokens: bool) -> None:
     batch = inputs_of(token_batch(0) if tokens else fewshot_batch(0))
 
     def forward(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        hooks = clamps.hooks(model, ClampContext(inputs, None, 0), sites)
+        hooks = clamps.hooks(ClampContext(inputs, None, 0), sites, model)
         with torch.no_grad():
             model(inputs, hooks)
         return hooks.cache
@@ -383,10 +388,9 @@ def test_every_value_holds_its_entries_and_follows_its_gradient_rule(
     check_clamps({"c": cfg}, MODEL, TOK if tokens else FEW)
     clamps = build_clamp_set({"c": cfg}, MODEL, io)
     batch = token_batch(0) if tokens else fewshot_batch(0)
-    clamps.reference = inputs_of(fewshot_batch(99))
     torch.manual_seed(0)
     model = Transformer(MODEL, io)
-    hooks = clamps.hooks(model, ClampContext(inputs_of(batch), batch.get("target"), 0))
+    hooks = clamps.hooks(context(batch, 0, fewshot_batch(99)), (), model)
     seen: dict[str, Tensor] = {}
     held_at = hooks.interventions[cfg.site]
 
@@ -448,7 +452,7 @@ def test_heads_chosen_by_a_reference_runs_scores(tmp_path: Path) -> None:
     (tmp_path / "metrics.csv").write_text("\n".join([header, *rows]))
     select = HeadSelect(run=str(tmp_path), score="previous_token", top=2, step=50)
     clamps = clamp_set(p=ClampConfig(site=PAT0, value="previous_token", select=select))
-    assert clamps.clamps[0].heads == [1, 3]
+    assert clamps.clamps[0].target.heads == [1, 3]
     select.step = 7
     with pytest.raises(ConfigError, match="at step 7"):
         clamp_set(p=ClampConfig(site="blocks.0.attn.pattern", select=select))
@@ -494,10 +498,10 @@ def test_select_ranks_the_heads_of_the_clamped_layer(
     select = HeadSelect(run=str(tmp_path), score=score, top=top, step=step)
     expected = top_by_hand(100 if step is None else step, score, layer, top)  # None: last step
     z = ClampConfig(site=f"blocks.{layer}.attn.z", select=select)
-    assert clamp_set(z=z).clamps[0].heads == expected
+    assert clamp_set(z=z).clamps[0].target.heads == expected
     copy = ClampConfig(site="logits", value="copy", source=f"blocks.{layer}.attn.scores")
     copy.select = select  # copy: the heads of its source's layer
-    assert clamp_set(copy=copy).clamps[0].heads == expected
+    assert clamp_set(copy=copy).clamps[0].target.heads == expected
 
 
 def test_selected_heads_are_the_ones_clamped_in_the_forward(tmp_path: Path) -> None:
@@ -516,11 +520,11 @@ def test_selected_heads_are_the_ones_clamped_in_the_forward(tmp_path: Path) -> N
 # The gradient rule, on parameter gradients.
 
 
-def grads(clamps: ClampSet, tokens: bool = False) -> dict[str, Tensor]:
+def grads(clamps: ClampSet, reference: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     model = fewshot_model()
     batch = fewshot_batch(0)
-    ctx = ClampContext(inputs_of(batch), batch["target"], 0)
-    loss_of(model(inputs_of(batch), clamps.hooks(model, ctx)), batch).backward()
+    hooks = clamps.hooks(context(batch, 0, reference), (), model)
+    loss_of(model(inputs_of(batch), hooks), batch).backward()
     return {name: p.grad for name, p in model.named_parameters()}
 
 
@@ -553,8 +557,7 @@ def test_values_computed_from_parameters_pass_gradient_through_their_computation
     assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 1) != 0)
 
     clamps = clamp_set(m=ClampConfig(site="blocks.0.attn.z", value="mean"))
-    clamps.reference = inputs_of(fewshot_batch(99))
-    g = grads(clamps)
+    g = grads(clamps, reference=fewshot_batch(99))
     assert torch.any(qkv_rows(g["blocks.0.attn.qkv.weight"], 2) != 0)  # through the mean
 
 
@@ -637,7 +640,7 @@ def test_head_selection_is_checked(tmp_path: Path) -> None:
 def test_match_row_shares_each_side_evenly_over_its_positions() -> None:
     """Hand-worked: labels 3 3 5 5 at key positions 1, 3, 5, 7 (exemplars elsewhere), target 3,
     strength 0.8: 0.4 on each correct position, 0.1 on each wrong one, 0 on exemplars."""
-    from ihlab.values.patterns import match_row
+    from ihlab.clamps.values.patterns import match_row
 
     labels = torch.tensor([[-1, 3, -1, 3, -1, 5, -1, 5, -1]])
     row = match_row(labels, torch.tensor([3]), 0.8, torch.zeros(()))

@@ -13,8 +13,8 @@ from lifelines.statistics import logrank_test
 from scipy.stats import mannwhitneyu, norm, ttest_ind
 from scipy.stats import t as student_t
 
-from ihlab.compare import learning_time_fits, summarize_groups
-from ihlab.compare_stats import (
+from ihlab.compare.study import learning_time_fits, summarize_groups
+from ihlab.stats.groups import (
     N_RESAMPLES,
     benjamini_hochberg,
     bootstrap_ci,

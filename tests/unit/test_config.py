@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from ihlab.confdir import config_dir
-from ihlab.config import TrainConfig
+from ihlab.apps.hydra_entry import config_dir
 from ihlab.data import DataConfig
 from ihlab.errors import ConfigError
-from ihlab.optim import OptimConfig, Schedule, lr_factor
+from ihlab.train.optim import OptimConfig, Schedule, lr_factor
+from ihlab.train.schema import TrainConfig
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 

@@ -9,9 +9,10 @@ import wandb_workspaces.reports.v2 as wr
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import ihlab.apps.dashboard  # noqa: F401  (registers the dashboard schema)
 from dashboard_keys import panel_keys, report_panels, workspace_panels
-from ihlab.confdir import config_dir
-from ihlab.dashboard import DashboardConfig, build_report, build_workspace
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.tracking.dashboard import DashboardConfig, build_report, build_workspace
 
 
 @pytest.fixture(scope="module")

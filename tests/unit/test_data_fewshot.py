@@ -14,8 +14,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from ihlab.data import BatchStream, FeatureSource, FewShotConfig, FewShotDataModule
+from ihlab.data.fewshot import FeatureSource, FewShot, FewShotConfig
+from ihlab.data.loaders import BatchStream
 from ihlab.errors import ConfigError
+from ihlab.train.members import MemberBatches, member_batch
 
 CFG = FewShotConfig(
     n_classes=40,
@@ -38,11 +40,11 @@ K = CFG.context_pairs
 
 
 @pytest.fixture(scope="module")
-def dm() -> FewShotDataModule:
-    return FewShotDataModule(CFG, seed=3)
+def dm() -> FewShot:
+    return FewShot(CFG, seed=3)
 
 
-def decode(dm: FewShotDataModule, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def decode(dm: FewShot, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Item classes, exemplar indices (found by matching feature vectors) and context labels."""
     classes = batch["ids"][:, 0::2]  # (n, K + 1)
     items = batch["features"][:, 0::2]  # (n, K + 1, D)
@@ -58,7 +60,7 @@ def pairs_used(batch: dict[str, Tensor]) -> set[tuple[int, int]]:
     return {(int(row.min()), int(row.max())) for row in labels}
 
 
-def test_shapes_and_layout(dm: FewShotDataModule) -> None:
+def test_shapes_and_layout(dm: FewShot) -> None:
     b = dm.train_batch(0)
     n, t, d = CFG.batch_size, 2 * K + 1, CFG.feature_dim
     assert b["features"].shape == (n, t, d) and b["features"].dtype == torch.float32
@@ -72,7 +74,7 @@ def test_shapes_and_layout(dm: FewShotDataModule) -> None:
     assert (dm.io.n_ctx, dm.io.d_features, dm.io.n_labels, dm.io.d_vocab_out) == (t, d, 5, 5)
 
 
-def test_target_is_the_label_of_the_query_class(dm: FewShotDataModule) -> None:
+def test_target_is_the_label_of_the_query_class(dm: FewShot) -> None:
     b = dm.train_batch(1)
     items = decode(dm, b)
     query = items["classes"][:, -1:]  # (n, 1)
@@ -94,7 +96,7 @@ N_PAIRS = CFG.n_labels * (CFG.n_labels - 1) // 2  # 10 unordered label pairs
 ALL_PAIRS = {(a, b) for a in range(CFG.n_labels) for b in range(a + 1, CFG.n_labels)}
 
 
-def seen(dm: FewShotDataModule, batch: dict[str, Tensor]) -> dict[str, set]:
+def seen(dm: FewShot, batch: dict[str, Tensor]) -> dict[str, set]:
     """Classes, exemplar indices and unordered label pairs that a batch's sequences use."""
     items = decode(dm, batch)
     return {
@@ -105,10 +107,11 @@ def seen(dm: FewShotDataModule, batch: dict[str, Tensor]) -> dict[str, set]:
 
 
 @pytest.fixture(scope="module")
-def used(dm: FewShotDataModule) -> dict[str, dict[str, set]]:
+def used(dm: FewShot) -> dict[str, dict[str, set]]:
     """What the first 60 batches of the training loader and each fixed evaluation set actually
     use, read off the sequences themselves (never off the datamodule's split attributes)."""
-    train = [seen(dm, batch) for batch in islice(dm.train_dataloader(), 60)]
+    loader = MemberBatches([dm]).train_dataloader()  # what training reads: (member, batch, ...)
+    train = [seen(dm, member_batch(batch, 0)) for batch in islice(loader, 60)]
     out = {"training": {k: set().union(*(t[k] for t in train)) for k in train[0]}}
     out.update({name: seen(dm, batch) for name, batch in dm.eval_sets.items()})
     return out
@@ -139,7 +142,7 @@ def test_held_out_exemplars_are_never_in_a_training_batch(used) -> None:
 
 
 def test_each_eval_split_holds_out_one_thing_and_shares_the_rest_with_training(
-    dm: FewShotDataModule, used
+    dm: FewShot, used
 ) -> None:
     train, every_exemplar = used["training"], set(range(CFG.n_exemplars))
     expected = {  # per split: the classes, exemplars and pairs it draws from
@@ -157,11 +160,11 @@ def test_each_eval_split_holds_out_one_thing_and_shares_the_rest_with_training(
         assert used[name] == sets, name
 
 
-def test_eval_loaders_serve_the_fixed_sets_in_order(dm: FewShotDataModule) -> None:
-    loaders = dm.val_dataloader()
+def test_eval_loaders_serve_the_fixed_sets_in_order(dm: FewShot) -> None:
+    loaders = MemberBatches([dm]).val_dataloader()
     assert len(loaders) == len(dm.eval_splits)
     for name, loader in zip(dm.eval_splits, loaders, strict=True):
-        batches = list(loader)
+        batches = [member_batch(b, 0) for b in loader]
         assert [len(b["target"]) for b in batches] == [128, 128, 44]
         for key, value in dm.eval_sets[name].items():
             assert torch.equal(torch.cat([b[key] for b in batches]), value), (name, key)
@@ -169,13 +172,13 @@ def test_eval_loaders_serve_the_fixed_sets_in_order(dm: FewShotDataModule) -> No
 
 def test_empty_eval_splits_are_left_out() -> None:
     cfg = replace(CFG, n_unseen_classes=0, n_holdout_pairs=0, train_exemplars=4)
-    dm = FewShotDataModule(cfg, seed=0)
+    dm = FewShot(cfg, seed=0)
     assert dm.eval_splits == ("train",)
-    assert len(dm.val_dataloader()) == 1
+    assert len(MemberBatches([dm]).val_dataloader()) == 1
 
 
-def test_determinism_and_resumed_stream(dm: FewShotDataModule) -> None:
-    same = FewShotDataModule(CFG, seed=3)
+def test_determinism_and_resumed_stream(dm: FewShot) -> None:
+    same = FewShot(CFG, seed=3)
     for key, value in dm.train_batch(9).items():
         assert torch.equal(value, same.train_batch(9)[key])
     assert not torch.equal(dm.train_batch(9)["features"], dm.train_batch(10)["features"])
@@ -183,7 +186,7 @@ def test_determinism_and_resumed_stream(dm: FewShotDataModule) -> None:
         dm.eval_sets["unseen_classes"]["ids"], same.eval_sets["unseen_classes"]["ids"]
     )
     assert torch.equal(dm.probe_batch()["features"], same.probe_batch()["features"])
-    other = FewShotDataModule(CFG, seed=4)
+    other = FewShot(CFG, seed=4)
     assert not torch.equal(dm.features, other.features)
     assert not torch.equal(dm.train_classes, other.train_classes)
 
@@ -191,11 +194,11 @@ def test_determinism_and_resumed_stream(dm: FewShotDataModule) -> None:
     from_two = list(islice(BatchStream(dm.train_batch, lambda: 2), 2))
     assert torch.equal(from_two[0]["ids"], from_zero[2]["ids"])
     assert torch.equal(from_two[1]["features"], from_zero[3]["features"])
-    first = next(iter(dm.train_dataloader()))
-    assert torch.equal(first["features"], from_zero[0]["features"])
+    first = next(iter(MemberBatches([dm]).train_dataloader()))
+    assert torch.equal(first["features"][0], from_zero[0]["features"])
 
 
-def test_probe_and_reference_batches_use_only_training_data(dm: FewShotDataModule, used) -> None:
+def test_probe_and_reference_batches_use_only_training_data(dm: FewShot, used) -> None:
     probe = dm.probe_batch()
     assert probe["features"].shape == (CFG.probe_size, 2 * K + 1, CFG.feature_dim)
     for batch in (probe, dm.reference_batch(200)):
@@ -205,7 +208,7 @@ def test_probe_and_reference_batches_use_only_training_data(dm: FewShotDataModul
 
 def test_gaussian_features_cluster_by_class() -> None:
     cfg = FewShotConfig(n_classes=200, n_exemplars=5, feature_dim=64, epsilon=0.1)
-    features = FewShotDataModule(cfg, seed=0).features  # (classes, exemplars, dim)
+    features = FewShot(cfg, seed=0).features  # (classes, exemplars, dim)
     assert features.shape == (200, 5, 64)
     sq_norm = features.pow(2).sum(-1).mean()  # E|x|^2 = 1 + epsilon^2
     assert abs(float(sq_norm) - 1.01) < 0.05
@@ -229,7 +232,7 @@ def test_hdf5_round_trip(tmp_path: Path) -> None:
         n_train_classes=10,
         n_unseen_classes=20,
     )
-    dm = FewShotDataModule(cfg, seed=0)
+    dm = FewShot(cfg, seed=0)
     assert dm.features.dtype == torch.float32
     assert torch.equal(dm.features, torch.from_numpy(array.astype(np.float32)))
     assert dm.io.d_features == 6 and dm.n_classes == 30  # the file wins over cfg.n_classes
@@ -354,7 +357,7 @@ def test_one_past_each_edge_is_rejected(changes: dict, key: str) -> None:
         FewShotConfig(**changes)
 
 
-def test_split_sizes_and_every_label_pair(dm: FewShotDataModule) -> None:
+def test_split_sizes_and_every_label_pair(dm: FewShot) -> None:
     """The splits partition the classes and the label pairs as configured (counted by hand)."""
     assert len(dm.train_classes) == CFG.n_train_classes
     assert len(dm.unseen_classes) == CFG.n_unseen_classes

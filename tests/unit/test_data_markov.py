@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from ihlab.data import make_datamodule
+from ihlab.data import make_family
 from ihlab.data.markov import (
     ChainPrior,
+    MarkovChains,
     MarkovConfig,
-    MarkovDataModule,
     in_context_predictors,
     sample_chains,
     transition_matrices,
@@ -73,11 +73,11 @@ def test_doubly_stochastic_chains_have_uniform_columns_too() -> None:
 
 
 def test_batches_are_seeded_and_the_model_reads_all_but_the_last_token() -> None:
-    dm = make_datamodule(CFG, seed=3)
-    assert isinstance(dm, MarkovDataModule)
+    dm = make_family(CFG, seed=3)
+    assert isinstance(dm, MarkovChains)
     batch = dm.train_batch(7)
     assert batch["tokens"].shape == (8, 30) and batch["tokens"].max() < 4
-    assert torch.equal(batch["tokens"], MarkovDataModule(CFG, seed=3).train_batch(7)["tokens"])
+    assert torch.equal(batch["tokens"], MarkovChains(CFG, seed=3).train_batch(7)["tokens"])
     assert not torch.equal(batch["tokens"], dm.train_batch(8)["tokens"])
     assert torch.equal(dm.model_inputs(batch)["tokens"], batch["tokens"][:, :-1])
     assert torch.equal(batch["ids"], batch["tokens"][:, :-1])
@@ -85,7 +85,7 @@ def test_batches_are_seeded_and_the_model_reads_all_but_the_last_token() -> None
 
 
 def test_split_metrics_give_the_predictors_losses_and_the_models_kl() -> None:
-    dm = MarkovDataModule(CFG, seed=0)
+    dm = MarkovChains(CFG, seed=0)
     tokens = dm.eval_sets["eval"]["tokens"]
     predictors = in_context_predictors(tokens, 4, 1.0)
     metrics = dm.split_metrics()
@@ -130,14 +130,14 @@ def test_bad_markov_config_names_the_key(changes: dict, key: str) -> None:
 
 def test_learning_time_is_90_percent_of_the_way_to_bigram_read_unsmoothed(tmp_path) -> None:
     """Threshold: 10% of the unigram-to-bigram gap of the evaluation set's predictors (brute
-    force here); phase changes on the unsmoothed curve, which `summarize` uses: a planted curve
+    force here); phase changes on the unsmoothed curve, which `measure` uses: a planted curve
     with a ten-evaluation first stage in a 150-evaluation run has both stages only so."""
-    from types import SimpleNamespace
 
-    from ihlab.dynamics import detect_phase_change
-    from ihlab.train import summarize
+    from ihlab.metrics.dynamics import detect_phase_change
+    from ihlab.runs.summary import Status
+    from ihlab.train.summary import measure
 
-    dm = make_datamodule(CFG, seed=0)
+    dm = make_family(CFG, seed=0)
     tokens = dm.eval_sets["eval"]["tokens"].tolist()
     unigram, bigram = [], []
     for row in tokens:
@@ -155,7 +155,6 @@ def test_learning_time_is_90_percent_of_the_way_to_bigram_read_unsmoothed(tmp_pa
     run.mkdir()
     rows = "".join(f"{s},{8 * s},{v}\n" for s, v in zip(steps, curve, strict=True))
     (run / "metrics.csv").write_text("step,sequences,eval/excess_loss\n" + rows)
-    config = SimpleNamespace(name="m", condition="c", seed=0, data=SimpleNamespace(batch_size=8))
-    found = summarize(config, run, 3000, lt)["phase_change"]["transitions"]
+    found = measure(run, 3000, lt, Status.completed)["phase_change"]["transitions"]
     assert [t["steepest"] for t in found] == pytest.approx([80, 320], abs=20)
     assert len(detect_phase_change(steps, curve).transitions) < 2  # the default kernel: merged

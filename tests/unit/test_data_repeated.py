@@ -10,15 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ihlab.data import (
-    BatchStream,
-    FewShotConfig,
-    FewShotDataModule,
-    RepeatedTokensConfig,
-    RepeatedTokensDataModule,
-    make_datamodule,
-)
+from ihlab.data import make_family
+from ihlab.data.fewshot import FewShot, FewShotConfig
+from ihlab.data.loaders import BatchStream
+from ihlab.data.repeated import RepeatedTokens, RepeatedTokensConfig
 from ihlab.errors import ConfigError
+from ihlab.train.members import MemberBatches
 
 CFG = RepeatedTokensConfig(
     vocab_size=16, prefix_len=3, segment_len=5, n_repeats=2, bos=True, batch_size=8, eval_size=20
@@ -26,11 +23,11 @@ CFG = RepeatedTokensConfig(
 
 
 @pytest.fixture
-def dm() -> RepeatedTokensDataModule:
-    return RepeatedTokensDataModule(CFG, seed=7)
+def dm() -> RepeatedTokens:
+    return RepeatedTokens(CFG, seed=7)
 
 
-def test_shapes_dtypes_and_io(dm: RepeatedTokensDataModule) -> None:
+def test_shapes_dtypes_and_io(dm: RepeatedTokens) -> None:
     tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
     assert CFG.seq_len == 1 + 3 + 5 * 3
     assert tokens.shape == (CFG.batch_size, CFG.seq_len)
@@ -40,18 +37,18 @@ def test_shapes_dtypes_and_io(dm: RepeatedTokensDataModule) -> None:
     assert dm.eval_splits == ("eval",)
 
 
-def test_bos_only_at_position_zero(dm: RepeatedTokensDataModule) -> None:
+def test_bos_only_at_position_zero(dm: RepeatedTokens) -> None:
     tokens = dm.train_batch(0)["tokens"]  # (batch, seq)
     assert (tokens[:, 0] == CFG.vocab_size).all()
     assert (tokens[:, 1:] < CFG.vocab_size).all() and (tokens >= 0).all()
 
     no_bos = RepeatedTokensConfig(vocab_size=16, segment_len=5)
-    tokens = RepeatedTokensDataModule(no_bos, seed=7).train_batch(0)["tokens"]  # (batch, seq)
+    tokens = RepeatedTokens(no_bos, seed=7).train_batch(0)["tokens"]  # (batch, seq)
     assert tokens.shape[1] == no_bos.seq_len == 10
     assert (tokens < no_bos.vocab_size).all()
 
 
-def test_repeats_equal_first_occurrence(dm: RepeatedTokensDataModule) -> None:
+def test_repeats_equal_first_occurrence(dm: RepeatedTokens) -> None:
     tokens = dm.train_batch(3)["tokens"]  # (batch, seq)
     start, s = 1 + CFG.prefix_len, CFG.segment_len
     first = tokens[:, start : start + s]  # (batch, segment)
@@ -61,31 +58,34 @@ def test_repeats_equal_first_occurrence(dm: RepeatedTokensDataModule) -> None:
     assert len({tuple(row.tolist()) for row in first}) > 1
 
 
-def test_batches_are_a_function_of_seed_and_step(dm: RepeatedTokensDataModule) -> None:
-    same = RepeatedTokensDataModule(CFG, seed=7)
+def test_batches_are_a_function_of_seed_and_step(dm: RepeatedTokens) -> None:
+    same = RepeatedTokens(CFG, seed=7)
     assert torch.equal(dm.train_batch(5)["tokens"], same.train_batch(5)["tokens"])
     assert not torch.equal(dm.train_batch(5)["tokens"], dm.train_batch(6)["tokens"])
-    other_seed = RepeatedTokensDataModule(CFG, seed=8)
+    other_seed = RepeatedTokens(CFG, seed=8)
     assert not torch.equal(dm.train_batch(5)["tokens"], other_seed.train_batch(5)["tokens"])
 
 
-def test_stream_resumes_at_start_step(dm: RepeatedTokensDataModule) -> None:
+def test_stream_resumes_at_start_step(dm: RepeatedTokens) -> None:
     from_zero = [b["tokens"] for b in islice(BatchStream(dm.train_batch, lambda: 0), 6)]
     from_four = [b["tokens"] for b in islice(BatchStream(dm.train_batch, lambda: 4), 2)]
     assert torch.equal(from_four[0], from_zero[4])
     assert torch.equal(from_four[1], from_zero[5])
 
 
-def test_train_dataloader_reads_global_step_at_first_batch(dm: RepeatedTokensDataModule) -> None:
-    assert torch.equal(next(iter(dm.train_dataloader()))["tokens"], dm.train_batch(0)["tokens"])
-    dm.trainer = SimpleNamespace(global_step=0)
-    batches = iter(dm.train_dataloader())
-    dm.trainer.global_step = 3  # restored from a checkpoint after the iterator was built
-    assert torch.equal(next(batches)["tokens"], dm.train_batch(3)["tokens"])
-    assert torch.equal(next(batches)["tokens"], dm.train_batch(4)["tokens"])
+def test_train_dataloader_reads_global_step_at_first_batch(dm: RepeatedTokens) -> None:
+    data = MemberBatches([dm])  # what Lightning reads: batches on a member axis
+    assert torch.equal(
+        next(iter(data.train_dataloader()))["tokens"][0], dm.train_batch(0)["tokens"]
+    )
+    data.trainer = SimpleNamespace(global_step=0)
+    batches = iter(data.train_dataloader())
+    data.trainer.global_step = 3  # restored from a checkpoint after the iterator was built
+    assert torch.equal(next(batches)["tokens"][0], dm.train_batch(3)["tokens"])
+    assert torch.equal(next(batches)["tokens"][0], dm.train_batch(4)["tokens"])
 
 
-def test_repeat_mask_marks_exactly_the_copyable_targets(dm: RepeatedTokensDataModule) -> None:
+def test_repeat_mask_marks_exactly_the_copyable_targets(dm: RepeatedTokens) -> None:
     batch = dm.train_batch(0)
     tokens, repeat = batch["tokens"], batch["repeat_mask"]  # (batch, seq), (batch, seq - 1)
     assert repeat.shape == (CFG.batch_size, CFG.seq_len - 1) and repeat.dtype == torch.bool
@@ -100,7 +100,7 @@ def test_repeat_mask_marks_exactly_the_copyable_targets(dm: RepeatedTokensDataMo
 
 def test_variable_segments_defeat_positional_shortcuts() -> None:
     cfg = RepeatedTokensConfig(segment_len=16, min_segment_len=4, n_repeats=2, bos=True)
-    batch = RepeatedTokensDataModule(cfg, seed=3).train_batch(0)
+    batch = RepeatedTokens(cfg, seed=3).train_batch(0)
     tokens, repeat = batch["tokens"], batch["repeat_mask"]  # (batch, seq), (batch, seq - 1)
     assert tokens.shape == (cfg.batch_size, cfg.seq_len) and (tokens[:, 0] == cfg.vocab_size).all()
     n_predictable = repeat.sum(dim=1)  # segment * n_repeats - 1 per sequence
@@ -116,7 +116,7 @@ def test_variable_segments_defeat_positional_shortcuts() -> None:
     assert torch.equal(starts, cfg.seq_len - 2 * segments)
 
 
-def test_icl_positions(dm: RepeatedTokensDataModule) -> None:
+def test_icl_positions(dm: RepeatedTokens) -> None:
     early, late = dm.icl_positions()
     repeat = dm.train_batch(0)["repeat_mask"]  # (batch, seq - 1)
     start = 1 + CFG.prefix_len
@@ -127,19 +127,19 @@ def test_icl_positions(dm: RepeatedTokensDataModule) -> None:
     assert late == CFG.seq_len - 2
 
 
-def test_eval_set_fixed_and_probe(dm: RepeatedTokensDataModule) -> None:
-    (loader,) = dm.val_dataloader()
-    first = torch.cat([b["tokens"] for b in loader])  # (eval_size, seq)
-    again = torch.cat([b["tokens"] for b in dm.val_dataloader()[0]])  # (eval_size, seq)
-    fresh = RepeatedTokensDataModule(CFG, seed=7).eval_sets["eval"]["tokens"]  # (eval_size, seq)
+def test_eval_set_fixed_and_probe(dm: RepeatedTokens) -> None:
+    (loader,) = MemberBatches([dm]).val_dataloader()
+    first = torch.cat([b["tokens"][0] for b in loader])  # (eval_size, seq)
+    again = torch.cat([b["tokens"][0] for b in MemberBatches([dm]).val_dataloader()[0]])
+    fresh = RepeatedTokens(CFG, seed=7).eval_sets["eval"]["tokens"]  # (eval_size, seq)
     assert first.shape == (CFG.eval_size, CFG.seq_len)
     assert torch.equal(first, again) and torch.equal(first, fresh)
-    assert next(iter(loader))["tokens"].shape[0] == min(CFG.eval_batch_size, CFG.eval_size)
+    assert next(iter(loader))["tokens"].shape[1] == min(CFG.eval_batch_size, CFG.eval_size)
 
     probe = dm.probe_batch()
     assert probe["tokens"].shape == (CFG.probe_size, CFG.seq_len)
     assert torch.equal(probe["ids"], probe["tokens"][:, :-1])  # identity where the model reads
-    again = RepeatedTokensDataModule(CFG, seed=7).probe_batch()
+    again = RepeatedTokens(CFG, seed=7).probe_batch()
     assert torch.equal(probe["tokens"], again["tokens"])
 
 
@@ -158,8 +158,8 @@ def test_structured_config_round_trip() -> None:
 
 
 def test_make_datamodule_dispatches_on_config_type() -> None:
-    assert isinstance(make_datamodule(CFG, seed=0), RepeatedTokensDataModule)
+    assert isinstance(make_family(CFG, seed=0), RepeatedTokens)
     small = FewShotConfig(n_classes=20, feature_dim=4, n_train_classes=5, n_unseen_classes=5)
-    assert isinstance(make_datamodule(small, seed=0), FewShotDataModule)
+    assert isinstance(make_family(small, seed=0), FewShot)
     with pytest.raises(TypeError):
-        make_datamodule({"vocab_size": 16}, seed=0)  # type: ignore[arg-type]
+        make_family({"vocab_size": 16}, seed=0)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from ihlab.dynamics import detect_phase_change, learning_time
+from ihlab.metrics.dynamics import detect_phase_change, learning_time
 
 HORIZON = 10_000
 STEPS = np.arange(0, HORIZON + 1, 50)  # 201 evaluations
@@ -210,7 +210,7 @@ def test_learning_time_is_the_first_step_below_threshold() -> None:
 def test_per_token_loss_pca_recovers_a_planar_trajectory(start: int) -> None:
     """Whichever checkpoint comes first (start 6: the trajectory begins at its middle, where
     the raw SVD gives positive coordinates), the first row ends with non-positive ones."""
-    from ihlab.dynamics import per_token_loss_pca
+    from ihlab.metrics.dynamics import per_token_loss_pca
 
     rng = np.random.default_rng(0)
     v1, v2 = np.linalg.qr(rng.standard_normal((50, 2)))[0].T  # orthonormal directions
@@ -242,7 +242,7 @@ def test_example_loss_takes_one_fixed_position_per_example_in_order() -> None:
 
 
 def test_per_token_loss_pca_of_flat_or_tiny_losses() -> None:
-    from ihlab.dynamics import per_token_loss_pca
+    from ihlab.metrics.dynamics import per_token_loss_pca
 
     coords, explained = per_token_loss_pca(np.full((5, 8), 0.7))  # no variance at all
     assert np.array_equal(coords, np.zeros((5, 2))) and explained.tolist() == [0.0, 0.0]

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ihlab.data.base import ModelIO
 from ihlab.errors import ConfigError
-from ihlab.model import ModelConfig, Positional, Transformer, smear_keys
+from ihlab.model import ModelConfig, ModelIO, Positional, Transformer, smear_keys
 from ihlab.sites import SiteHooks
 
 TOKENS_IO = ModelIO(n_ctx=16, d_vocab=11, d_vocab_out=11)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ihlab.dynamics import detect_phase_change
+from ihlab.metrics.dynamics import detect_phase_change
 
 STEPS = np.arange(0, 6001, 20)  # 301 evaluations
 

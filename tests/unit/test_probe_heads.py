@@ -6,10 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ihlab.clamps.values.patterns import induction_pattern
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.heads import PrefixProtocol, copying_scores, head_scores, repeated_token_batch
+from ihlab.probe.heads import (
+    PrefixProtocol,
+    direct_copying_scores,
+    pretrained_head_scores,
+    repeated_token_batch,
+)
 from ihlab.sites import SiteHooks
-from ihlab.values.patterns import induction_pattern
 from tiny_hf import ARCHS, PROTOCOL, VOCAB, tiny
 
 
@@ -29,14 +34,14 @@ def test_a_constructed_induction_head_scores_about_1_and_the_others_about_0(arch
     tokens = repeated_token_batch(loaded, PROTOCOL)
     ideal = induction_pattern(tokens, torch.zeros(()))[:, 0]  # (batch, query, key)
     held = {"blocks.1.attn.pattern": lambda p: torch.cat([p[:, :2], ideal[:, None], p[:, 3:]], 1)}
-    scores = head_scores(loaded, PROTOCOL, held)
+    scores = pretrained_head_scores(loaded, PROTOCOL, held)
     prefix = scores["prefix_matching"]  # (layer, head)
     assert prefix.shape == (2, 4)
     assert prefix[1, 2] == pytest.approx(1.0, abs=1e-5)
     others = torch.cat([prefix[0], prefix[1, :2], prefix[1, 3:]])
     assert others.max() < 0.3  # random heads spread attention over ~40 keys
-    assert scores["previous_token"].shape == scores["copying"].shape == (2, 4)
-    assert ((scores["copying"] >= -1) & (scores["copying"] <= 1)).all()
+    assert scores["previous_token"].shape == scores["direct_copying"].shape == (2, 4)
+    assert ((scores["direct_copying"] >= -1) & (scores["direct_copying"] <= 1)).all()
 
 
 def copy_setup(sign: float) -> tuple[torch.Tensor, ...]:
@@ -65,7 +70,7 @@ def copy_setup(sign: float) -> tuple[torch.Tensor, ...]:
                 pattern[0, h, q, key] = 1.0
                 z[layer][0, q, h, key - 1] = sign
         patterns[layer] = pattern
-    return copying_scores(loaded, z, tokens, patterns, first)
+    return direct_copying_scores(loaded, z, tokens, patterns, first)
 
 
 def test_copying_reads_1_for_a_copier_and_0_at_chance() -> None:
@@ -73,7 +78,9 @@ def test_copying_reads_1_for_a_copier_and_0_at_chance() -> None:
     # Lowering the attended token gives the raise to the 7 others: share 0, (0 - 1/8) / (7/8).
     torch.testing.assert_close(copy_setup(-1.0), torch.full((2, 4), -1 / 7))
     # Random heads: the attended token is one of 10 exchangeable tokens, share 1/10 on average.
-    scores = torch.cat([head_scores(tiny(arch), PROTOCOL)["copying"] for arch in ARCHS])
+    scores = torch.cat(
+        [pretrained_head_scores(tiny(arch), PROTOCOL)["direct_copying"] for arch in ARCHS]
+    )
     assert abs(scores.mean().item()) < 0.05
 
 

@@ -9,22 +9,23 @@ import math
 import pytest
 import torch
 
+from ihlab.clamps.engine import ClampSet
+from ihlab.clamps.values.knockout import knockout_mask
 from ihlab.errors import ConfigError
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.evaluate import Condition, prompt_rows, score_conditions
-from ihlab.probe.heads import attention_modules, output_projection, repeated_token_batch
-from ihlab.probe.interventions import (
-    check_heads,
-    clamp_hooks,
-    head_clamps,
-    parse_head,
-    random_heads,
-    top_heads,
+from ihlab.probe.conditions import Condition, check_heads, head_clamps
+from ihlab.probe.evaluate import (
+    condition_hooks,
+    encode,
+    head_means,
+    prompt_sequences,
+    score_conditions,
 )
+from ihlab.probe.heads import attention_modules, output_projection, repeated_token_batch
 from ihlab.probe.layers import capturing, decoder_layers, starting_at
-from ihlab.probe.tasks import make_prompts
+from ihlab.probe.prompts import make_prompts
+from ihlab.probe.selection import parse_head, random_heads, top_heads
 from ihlab.sites import SiteHooks
-from ihlab.values.knockout import knockout_mask
 from tiny_hf import ARCHS, PROTOCOL, CharTokenizer, tiny
 
 
@@ -47,11 +48,13 @@ def run(loaded, tokens, hooks: SiteHooks | None = None) -> Run:
 
 def ablation(loaded, heads, value: str = "zero", means=None) -> SiteHooks:
     """The probe's ablation of `heads`: the lab's clamp value at blocks.{l}.attn.z."""
-    return clamp_hooks(head_clamps(heads, "ablate", value, loaded.n_heads), means=means)
+    clamps = ClampSet(head_clamps(heads, "ablate", value, loaded.n_heads), loaded.n_layers)
+    return condition_hooks(clamps, None, means)
 
 
 def knockout(loaded, heads, keys) -> SiteHooks:
-    return clamp_hooks(head_clamps(heads, "knockout", "knockout", loaded.n_heads), keys)
+    clamps = ClampSet(head_clamps(heads, "knockout", "knockout", loaded.n_heads), loaded.n_layers)
+    return condition_hooks(clamps, keys, None)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2"])
@@ -110,7 +113,7 @@ def test_words_of_one_category_share_a_knockout_key_and_categories_differ() -> N
     """WordSeq's knockout treats a category's words as one token: the last token of "dog" and of
     "cat" (animal) get one key, of "red" (colour) another; every other token keeps its id."""
     from ihlab.probe.evaluate import encode
-    from ihlab.probe.tasks import Piece, Prompt
+    from ihlab.probe.prompts import Piece, Prompt
 
     pieces = [Piece("ab"), Piece("dog", "animal"), Piece(":"), Piece("cat", "animal")]
     pieces += [Piece("red", "colour"), Piece("dog", "animal")]
@@ -154,11 +157,12 @@ def test_head_selection_top_percent_and_matched_random_control() -> None:
 
 
 def test_mean_ablation_without_head_means_fails_instead_of_running_unablated() -> None:
-    clamps = head_clamps([(1, 2)], "ablate", "mean", n_heads=4)
-    with pytest.raises(ValueError, match="needs head means"):
-        clamp_hooks(clamps)
-    with pytest.raises(ValueError, match="needs head means"):
-        clamp_hooks(clamps, means={0: torch.zeros(4, 8)})  # no means for layer 1
+    clamps = ClampSet(head_clamps([(1, 2)], "ablate", "mean", n_heads=4), n_layers=2)
+    with pytest.raises(ValueError, match=r"value mean at blocks\.1\.attn\.z needs a reference"):
+        condition_hooks(clamps, None, None)
+    means = {"blocks.0.attn.z": torch.zeros(1, 1, 4, 8)}  # no means for layer 1
+    with pytest.raises(ValueError, match="no reference mean of it was computed"):
+        condition_hooks(clamps, None, means)
 
 
 def scored_prompts() -> list:
@@ -191,7 +195,7 @@ class LabelTokenizer(CharTokenizer):
 
 def test_options_are_read_from_one_sequence_per_prefix_no_other_extends() -> None:
     prompts = make_prompts("wordseq1_4way", 1, n_prompts=2, seed=0)  # Foo Bar Mur Res
-    rows = prompt_rows(LabelTokenizer(), prompts)
+    rows = prompt_sequences(LabelTokenizer(), prompts)
     # prompt + "5" gives Foo, Bar (read at the prompt's end) and Res; prompt + "8" gives Mur
     assert [(r.prompt, r.ids[-1], [o for o, _ in r.reads]) for r in rows] == [
         (0, 5, [0, 1, 3]),
@@ -199,7 +203,7 @@ def test_options_are_read_from_one_sequence_per_prefix_no_other_extends() -> Non
         (1, 5, [0, 1, 3]),
         (1, 8, [2]),
     ]
-    binary = prompt_rows(LabelTokenizer(), make_prompts("wordseq1", 1, n_prompts=1, seed=0))
+    binary = prompt_sequences(LabelTokenizer(), make_prompts("wordseq1", 1, n_prompts=1, seed=0))
     assert [(r.branch, [o for o, _ in r.reads]) for r in binary] == [(1, [0, 1])]  # Foo, Bar
 
 
@@ -282,8 +286,6 @@ def test_knockout_and_zero_ablation_differ_where_they_must() -> None:
 
 
 def test_mean_ablation_holds_the_head_at_its_mean_over_reference_prompts() -> None:
-    from ihlab.probe.evaluate import encode, head_means
-
     loaded = tiny("gpt_neox")
     loaded.tokenizer = CharTokenizer()
     reference = make_prompts("wordseq2", 2, n_prompts=3, seed=0)
@@ -292,7 +294,8 @@ def test_mean_ablation_holds_the_head_at_its_mean_over_reference_prompts() -> No
     for prompt in reference:  # the mean over every position of every reference prompt
         ids = torch.tensor([encode(loaded.tokenizer, prompt)[0]])
         zs.append(run(loaded, ids).z[1][0])  # (query, head, d_head)
-    torch.testing.assert_close(means[1], torch.cat(zs).mean(dim=0))
+    mean = means["blocks.1.attn.z"][0, 0]  # (head, d_head)
+    torch.testing.assert_close(mean, torch.cat(zs).mean(dim=0))
     tokens = repeated_token_batch(loaded, PROTOCOL)
     ablated = run(loaded, tokens, ablation(loaded, [(1, 2)], "mean", means))
-    assert torch.equal(ablated.z[1][:, :, 2], means[1][2].expand_as(ablated.z[1][:, :, 2]))
+    assert torch.equal(ablated.z[1][:, :, 2], mean[2].expand_as(ablated.z[1][:, :, 2]))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ihlab.probe.columns import Column
-from ihlab.probe.evaluate import Condition
+from ihlab.probe.conditions import Condition
 from ihlab.probe.results import make_row
-from ihlab.probe.stats import correct, margin, mcnemar, mean_interval, signed_rank, wilson
+from ihlab.stats.paired import correct, margin, mcnemar, mean_interval, signed_rank, wilson
 
 
 def test_wilson_interval_matches_published_values() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ihlab.probe.tasks import ABSTRACT, INSTRUCTION, WORD_TASKS, _matches, make_prompts
+from ihlab.probe.prompts import ABSTRACT, INSTRUCTION, WORD_TASKS, _matches, make_prompts
 
 TASK_NAMES = [*ABSTRACT, *WORD_TASKS]
 
@@ -50,7 +50,7 @@ def test_foo_follows_the_pattern_and_bar_does_not(task: str) -> None:
 
 
 def test_word_sequences_pair_the_classes_categories() -> None:
-    from ihlab.probe.tasks import word_categories
+    from ihlab.probe.prompts import word_categories
 
     words = word_categories()
     assert all(len(v) == 16 for v in words.values())
@@ -68,7 +68,7 @@ def test_every_word_piece_carries_its_own_category_as_its_knockout_key(task: str
     """The category knockout blocks attention between words of one category: each word piece's
     key must be the category the word lists put it in (checked against the lists themselves),
     and every other piece (instruction, ':', labels, blank lines) has none."""
-    from ihlab.probe.tasks import word_categories
+    from ihlab.probe.prompts import word_categories
 
     category_of = {w: cat for cat, ws in word_categories().items() for w in ws}
     seen = set()
@@ -90,7 +90,7 @@ def test_prompts_are_seeded() -> None:
 
 
 def test_nlp_rows_from_a_jsonl_file(tmp_path: Path) -> None:
-    from ihlab.probe.tasks import read_nlp_rows
+    from ihlab.probe.prompts import read_nlp_rows
 
     path = tmp_path / "sst.jsonl"
     rows = [
@@ -128,7 +128,7 @@ def test_malformed_nlp_files_fail_naming_the_file_and_line(
     tmp_path: Path, name: str, content: str, message: str
 ) -> None:
     from ihlab.errors import ConfigError
-    from ihlab.probe.tasks import read_nlp_rows
+    from ihlab.probe.prompts import read_nlp_rows
 
     path = tmp_path / name
     path.write_text(content)
@@ -170,7 +170,7 @@ def test_probe_config_rejects_bad_values_naming_the_key(override: dict, message:
 
 
 def test_interventions_as_clamp_specs_become_result_columns() -> None:
-    from ihlab.clamps import ClampConfig
+    from ihlab.clamps.spec import ClampConfig
     from ihlab.errors import ConfigError
     from ihlab.probe.columns import check_heads_exist, columns
     from ihlab.probe.config import ProbeConfig

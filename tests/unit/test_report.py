@@ -7,7 +7,7 @@ import base64
 import re
 from pathlib import Path
 
-from ihlab.report import markdown_to_html, write_report
+from ihlab.compare.report import markdown_to_html, write_report
 
 MARKDOWN = """# Comparison grouped by `condition`
 

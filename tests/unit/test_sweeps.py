@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from conftest import compose_config
-from ihlab.config import WandbMode, to_train_config
+from ihlab.tracking.wandb_run import WandbMode
+from ihlab.train.schema import to_train_config
 
 SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
 TOP_KEYS = {"program", "project", "entity", "name", "description", "method", "metric"}

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import read_offline_wandb
-from ihlab.wandb_logging import WandbRun, builtins_only
-from ihlab.wandb_process import WandbWriter, serve
+from ihlab.tracking.wandb_run import WandbRun, builtins_only
+from ihlab.tracking.wandb_writer import WandbWriter, serve
 
 
 def init_kwargs(folder: Path, run_id: str, **extra: object) -> dict:

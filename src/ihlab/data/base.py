@@ -1,12 +1,12 @@
-"""What a data family gives the lab: a `Task`.
+"""What a data family gives the lab: a `DataFamily`.
 
-A task owns everything that depends on its data: the batches (an infinite seeded training stream,
+A family owns everything that depends on its data: the batches (an infinite seeded training stream,
 fixed evaluation sets, a probe batch for head scores, a reference batch for mean clamps), what the
 model reads and where the loss is taken, the scalars and per-evaluation tables an evaluation
 records, the learning-time metric and its threshold, and the head scores that mean something for
-it. The training module, the run's summary and the clamps ask the task; none of them branches on
-the family. A family is one module under `ihlab/data/` (a config dataclass and a `Task` subclass,
-joined by `register_task`) plus one YAML file under `conf/data/`.
+it. The training module, the run's summary and the clamps ask the family; none of them branches
+on which family it is. A family is one module under `ihlab/data/` (a config dataclass and a
+`DataFamily` subclass, joined by `register_family`) plus one YAML file under `conf/data/`.
 """
 
 from __future__ import annotations
@@ -17,34 +17,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, Metric
 
-from ihlab.data.stream import fixed_loader, stream_loader
-from ihlab.metrics.heads import prefix_matching_score, previous_token_score
+from ihlab.metrics.heads import head_scores
 from ihlab.metrics.loss_profile import ExampleLoss
+from ihlab.model import ModelIO
+from ihlab.runs.files import PER_TOKEN_LOSS
 from ihlab.seeding import generator
 
 Batch = dict[str, Tensor]
 PCA_EXAMPLES = 256  # evaluation sequences whose losses the per-token-loss PCA follows
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    """Input and output sizes the data imposes on the model.
-
-    Token data sets `d_vocab`; few-shot data sets `d_features` (exemplar vectors) and `n_labels`
-    (label tokens share the sequence with exemplars). `d_vocab_out` is the unembedding width.
-    """
-
-    n_ctx: int
-    d_vocab_out: int
-    d_vocab: int | None = None
-    d_features: int | None = None
-    n_labels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +80,7 @@ class SplitMetrics(torch.nn.Module):
 
     def rows(self) -> dict[str, Tensor]:
         """The split's vectors, by table name (one row per evaluation in the run's tables)."""
-        return {"per_token_loss": self.examples.compute()}
+        return {PER_TOKEN_LOSS: self.examples.compute()}
 
     def reset(self) -> None:
         for metric in self.modules():
@@ -104,14 +88,14 @@ class SplitMetrics(torch.nn.Module):
                 metric.reset()
 
 
-class Task(L.LightningDataModule, ABC):
-    """A data family's batches and the measurements that belong to them (see the module doc)."""
+class DataFamily(ABC):
+    """A data family's batches and the measurements that belong to them (see the module doc),
+    for one seed."""
 
     eval_splits: tuple[str, ...]
     io: ModelIO
 
     def __init__(self, cfg: Any, seed: int) -> None:
-        super().__init__()
         self.cfg, self.seed = cfg, seed
 
     # batches: every one a pure function of the seed (and the step)
@@ -145,13 +129,6 @@ class Task(L.LightningDataModule, ABC):
         """A small fixed batch of training sequences for head scores."""
         return dict(self._probe)
 
-    def train_dataloader(self) -> DataLoader:
-        return stream_loader(self, self.train_batch)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        batch_size = self.cfg.eval_batch_size
-        return [fixed_loader(self.eval_sets[split], batch_size) for split in self.eval_splits]
-
     # the model's view
 
     @abstractmethod
@@ -183,40 +160,36 @@ class Task(L.LightningDataModule, ABC):
 
     def table_columns(self) -> dict[str, list[str]]:
         """Column names of the per-evaluation tables (table name -> columns)."""
-        return {"per_token_loss": [f"ex{i}" for i in range(self.pca_examples)]}
+        return {PER_TOKEN_LOSS: [f"ex{i}" for i in range(self.pca_examples)]}
 
-    def head_scores(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
+    def score_heads(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
         """Scores of every head from the probe batch's patterns: name -> (layer, head)."""
-        return {
-            "previous_token": torch.stack([previous_token_score(p) for p in patterns]),
-            "prefix_matching": torch.stack(
-                [prefix_matching_score(p, probe["ids"]) for p in patterns]
-            ),
-        }
+        return head_scores(patterns, probe["ids"])
 
 
-TASKS: dict[type, type[Task]] = {}
-FAMILY_NAMES: dict[str, type] = {}
+FAMILIES: dict[type, type[DataFamily]] = {}  # config class -> family class
+FAMILY_CONFIGS: dict[str, type] = {}  # conf/data/<name>.yaml -> config class
 
 
-def register_task(name: str, config: type) -> Callable[[type[Task]], type[Task]]:
-    """Join a family's config dataclass and its Task class under `name` (its conf/data file)."""
+def register_family(name: str, config: type) -> Callable[[type[DataFamily]], type[DataFamily]]:
+    """Join a family's config dataclass and its DataFamily class under `name` (its conf/data
+    file)."""
 
-    def register(task: type[Task]) -> type[Task]:
-        TASKS[config], FAMILY_NAMES[name] = task, config
-        return task
+    def register(family: type[DataFamily]) -> type[DataFamily]:
+        FAMILIES[config], FAMILY_CONFIGS[name] = family, config
+        return family
 
     return register
 
 
-def make_datamodule(cfg: Any, seed: int) -> Task:
-    """The task (a Lightning datamodule) of a data config, chosen by the config's type."""
+def make_family(cfg: Any, seed: int) -> DataFamily:
+    """The data family of a data config (chosen by the config's type) for one seed."""
     try:
-        task = TASKS[type(cfg)]
+        family = FAMILIES[type(cfg)]
     except KeyError:
-        known = ", ".join(sorted(c.__name__ for c in TASKS))
+        known = ", ".join(sorted(c.__name__ for c in FAMILIES))
         raise TypeError(
-            f"make_datamodule got a {type(cfg).__name__}; expected one of {known} (convert an "
+            f"make_family got a {type(cfg).__name__}; expected one of {known} (convert an "
             "OmegaConf config with OmegaConf.to_object first)."
         ) from None
-    return task(cfg, seed)
+    return family(cfg, seed)

@@ -25,14 +25,14 @@ from torch import Tensor
 from ihlab.data.base import (
     Batch,
     DataConfig,
+    DataFamily,
     LearningTime,
-    ModelIO,
     SplitMetrics,
-    Task,
-    register_task,
+    register_family,
 )
 from ihlab.errors import ConfigError
-from ihlab.metrics.heads import induction_strength
+from ihlab.metrics.heads import head_scores
+from ihlab.model import ModelIO
 from ihlab.seeding import generator
 
 
@@ -272,8 +272,8 @@ class Split(NamedTuple):
     pairs: Tensor  # (n_split_pairs, 2)
 
 
-@register_task("fewshot", FewShotConfig)
-class FewShotDataModule(Task):
+@register_family("fewshot", FewShotConfig)
+class FewShot(DataFamily):
     """Training stream over the train split, fixed eval sets per split, and a probe batch.
 
     Batches hold "features" (batch, T, D) with zeros at label positions, "labels" (batch, T) with
@@ -370,8 +370,7 @@ class FewShotDataModule(Task):
     def split_metrics(self) -> SplitMetrics:
         return SplitMetrics(self.pca_examples, n_positions=1)  # one loss per sequence: the query
 
-    def head_scores(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
+    def score_heads(self, patterns: list[Tensor], probe: Batch) -> dict[str, Tensor]:
         """Adds Singh et al.'s induction strength (the query's attention to the correct label
         minus to the wrong one)."""
-        strength = [induction_strength(p, probe["labels"], probe["target"]) for p in patterns]
-        return {**super().head_scores(patterns, probe), "induction_strength": torch.stack(strength)}
+        return head_scores(patterns, probe["ids"], probe["labels"], probe["target"])

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ihlab.data.base import Batch, LearningTime, ModelIO, SplitMetrics, register_task
-from ihlab.data.tokens import TokenDataConfig, TokenSplitMetrics, TokenTask
+from ihlab.data.base import Batch, LearningTime, SplitMetrics, register_family
+from ihlab.data.tokens import TokenDataConfig, TokenFamily, TokenSplitMetrics
 from ihlab.errors import ConfigError
+from ihlab.model import ModelIO
 
 SINKHORN_ITERATIONS = 100
 
@@ -146,8 +147,8 @@ class MarkovSplitMetrics(TokenSplitMetrics):
         return out
 
 
-@register_task("markov", MarkovConfig)
-class MarkovDataModule(TokenTask):
+@register_family("markov", MarkovConfig)
+class MarkovChains(TokenFamily):
     """In-context Markov chains: batches hold "tokens" (batch, seq_len) and "ids"."""
 
     def __init__(self, cfg: MarkovConfig, seed: int) -> None:

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ihlab.data.base import Batch, LearningTime, ModelIO, SplitMetrics, register_task
-from ihlab.data.tokens import TokenDataConfig, TokenSplitMetrics, TokenTask
+from ihlab.data.base import Batch, LearningTime, SplitMetrics, register_family
+from ihlab.data.tokens import TokenDataConfig, TokenFamily, TokenSplitMetrics
 from ihlab.errors import ConfigError
+from ihlab.model import ModelIO
 
 
 @dataclass
@@ -110,8 +111,8 @@ class RepeatedSplitMetrics(TokenSplitMetrics):
         return {**super().compute(), "loss_first": first, "loss_repeat": repeat}
 
 
-@register_task("repeated_tokens", RepeatedTokensConfig)
-class RepeatedTokensDataModule(TokenTask):
+@register_family("repeated_tokens", RepeatedTokensConfig)
+class RepeatedTokens(TokenFamily):
     """Repeated random tokens; batches carry a "repeat_mask" of the targets copying can predict."""
 
     def __init__(self, cfg: RepeatedTokensConfig, seed: int) -> None:

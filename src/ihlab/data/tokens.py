@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ihlab.data.base import Batch, DataConfig, SplitMetrics, Task
+from ihlab.data.base import Batch, DataConfig, DataFamily, SplitMetrics
 from ihlab.errors import ConfigError
 from ihlab.metrics.loss_profile import PositionalLoss
+from ihlab.runs.files import LOSS_BY_POSITION
 
 
 @dataclass
@@ -72,10 +73,10 @@ class TokenSplitMetrics(SplitMetrics):
         return {**super().compute(), "icl_score": profile[late] - profile[early]}
 
     def rows(self) -> dict[str, Tensor]:
-        return {**super().rows(), "loss_by_position": self.profile.compute()}
+        return {**super().rows(), LOSS_BY_POSITION: self.profile.compute()}
 
 
-class TokenTask(Task):
+class TokenFamily(DataFamily):
     """A next-token family: batches hold "tokens" (batch, seq); "ids" are the tokens the model
     reads."""
 
@@ -103,4 +104,4 @@ class TokenTask(Task):
 
     def table_columns(self) -> dict[str, list[str]]:
         positions = [f"pos{i}" for i in range(self.cfg.model_positions)]
-        return {**super().table_columns(), "loss_by_position": positions}
+        return {**super().table_columns(), LOSS_BY_POSITION: positions}

@@ -1,4 +1,4 @@
-"""Weight-based head scores: copying and Q/K/V composition (Olsson et al., Elhage et al.).
+"""Weight-based head scores: OV copying and Q/K/V composition (Olsson et al., Elhage et al.).
 
 Both read the parameters only (no data), so they are cheap enough for every scoring step. Matrices
 use the row-vector convention of the papers: a residual vector x (d_model,) gives the head's value
@@ -34,12 +34,13 @@ def ln_linear_part(norm: nn.Module, d_model: int) -> Tensor:
 
 
 @torch.no_grad()
-def copying_score(model: Transformer) -> Tensor:
-    """Olsson et al.'s copying score of every head, (layer, head), in [-1, 1]: sum(Re lambda) /
-    sum(|lambda|) over the eigenvalues of the head's full OV circuit W_E W_V W_O W_U (vocab x
-    vocab; for few-shot models the label embeddings and the unembedding to the labels). +1: every
-    token raises its own logit (a copying head); -1: it lowers it; about 0: a random head. NaN
-    for a head whose OV circuit is zero.
+def ov_copying_score(model: Transformer) -> Tensor:
+    """Olsson et al.'s copying score of every head, (layer, head), in [-1, 1], logged as
+    `ov_copying` (weight-based; the probe's `direct_copying` is an activation-based score):
+    sum(Re lambda) / sum(|lambda|) over the eigenvalues of the head's full OV circuit
+    W_E W_V W_O W_U (vocab x vocab; for few-shot models the label embeddings and the unembedding
+    to the labels). +1: every token raises its own logit (a copying head); -1: it lowers it;
+    about 0: a random head. NaN for a head whose OV circuit is zero.
 
     The nonzero eigenvalues of A B equal those of B A, so they come from the d_head x d_head
     product (W_O W_U)(W_E W_V), or the vocab x vocab one if smaller (as TransformerLens'

@@ -14,7 +14,7 @@ from typing import Any
 from ihlab.probe.columns import check_heads_exist
 from ihlab.probe.config import ProbeConfig
 from ihlab.probe.models import model_config, model_shape
-from ihlab.probe.tasks import Prompt, load_hf_rows, make_prompts, read_nlp_rows
+from ihlab.probe.prompts import Prompt, load_hf_rows, make_prompts, read_nlp_rows
 
 PromptSets = dict[tuple[str, int, int], list[Prompt]]  # (task, shots, seed) -> prompts
 

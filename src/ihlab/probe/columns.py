@@ -8,26 +8,12 @@ selection's random control, a knockout column with the ablation of the same head
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from ihlab.clamps import ClampConfig, check_value
-from ihlab.errors import ConfigError
-from ihlab.probe.evaluate import Condition
-from ihlab.probe.interventions import (
-    MODE_SITES,
-    Ablation,
-    Head,
-    check_heads,
-    parse_head,
-    random_heads,
-    top_heads,
-)
-from ihlab.sites import parse_site
-
-if TYPE_CHECKING:
-    from ihlab.probe.config import ProbeConfig
+from ihlab.probe.conditions import Condition, Head, check_heads, intervention_condition
+from ihlab.probe.config import ProbeConfig
+from ihlab.probe.selection import parse_head, random_heads, top_heads
 
 
 @dataclass
@@ -38,25 +24,6 @@ class Column:
     conditions: list[Condition]
     control: str | None = None  # the random control column this one is compared with
     ablated: str | None = None  # knockout: the column ablating the same heads
-
-
-def intervention_condition(name: str, spec: ClampConfig) -> Condition:
-    """A result column from a clamp spec: an ablation value (zero, mean) at `blocks.{l}.attn.z`,
-    or knockout at `blocks.{l}.attn.scores`, on the listed heads."""
-    layer, kind = parse_site(spec.site)
-    key = f"interventions.{name}"
-    check_value(spec, key)
-    if layer is None or not spec.heads:
-        raise ConfigError(f"{key}: give a per-layer site blocks.<l>.attn.* and its heads.")
-    heads = [(layer, h) for h in spec.heads]
-    if kind == MODE_SITES["ablate"] and spec.value in {a.value for a in Ablation}:
-        return Condition(name, "ablate", heads, Ablation(spec.value))
-    if kind == MODE_SITES["knockout"] and spec.value == "knockout":
-        return Condition(name, "knockout", heads)
-    raise ConfigError(
-        f"{key}: the probe supports value zero or mean at attn.z and value knockout at "
-        f"attn.scores, got value {spec.value} at {spec.site}."
-    )
 
 
 def check_heads_exist(cfg: ProbeConfig, n_layers: int, n_heads: int) -> None:

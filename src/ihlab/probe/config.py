@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from ihlab.clamps import ClampConfig
+from ihlab.clamps.spec import ClampConfig
 from ihlab.errors import ConfigError
+from ihlab.probe.conditions import Ablation, intervention_condition
 from ihlab.probe.heads import PrefixProtocol
-from ihlab.probe.interventions import Ablation, parse_head
 from ihlab.probe.models import DEFAULT_MODEL, DTYPES
-from ihlab.probe.tasks import TASKS
+from ihlab.probe.prompts import PROMPT_TASKS
+from ihlab.probe.selection import parse_head
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ProbeConfig:
     prefix: PrefixProtocol = field(default_factory=PrefixProtocol)
     select: SelectConfig = field(default_factory=SelectConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
-    # Extra result columns as clamp specs in the lab's site vocabulary (clamps.py), e.g.
+    # Extra result columns as clamp specs in the lab's site vocabulary (clamps/spec.py), e.g.
     # {site: blocks.18.attn.z, heads: [6], value: zero} or {site: blocks.18.attn.scores,
     # heads: [6], value: knockout}.
     interventions: dict[str, ClampConfig] = field(default_factory=dict)
@@ -78,14 +79,14 @@ class ProbeConfig:
 
 def check_config(cfg: ProbeConfig) -> None:
     """Every check the config alone allows; raises ConfigError naming the key and the fix."""
-    from ihlab.probe.columns import intervention_condition
-
     t, s = cfg.tasks, cfg.select
     for name in t.names:
-        if name not in TASKS:
-            raise ConfigError(f"tasks.names: unknown task {name!r}. Fix: choose from {TASKS}.")
+        if name not in PROMPT_TASKS:
+            raise ConfigError(
+                f"tasks.names: unknown task {name!r}. Fix: choose from {PROMPT_TASKS}."
+            )
     if not t.names:
-        raise ConfigError(f"tasks.names is empty. Fix: choose tasks from {TASKS}.")
+        raise ConfigError(f"tasks.names is empty. Fix: choose tasks from {PROMPT_TASKS}.")
     if "nlp" in t.names and not (t.nlp_path or t.nlp_dataset):
         raise ConfigError(
             "tasks.names has nlp but neither tasks.nlp_path nor tasks.nlp_dataset is set. "

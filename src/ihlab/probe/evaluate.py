@@ -22,45 +22,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ihlab.clamps import Clamp
+from ihlab.clamps.context import ClampContext
+from ihlab.clamps.engine import ClampSet
+from ihlab.clamps.values.mean import SiteMeans
 from ihlab.probe.attention import ProbeState, probing
-from ihlab.probe.interventions import Ablation, Head, clamp_hooks, head_clamps
+from ihlab.probe.conditions import Condition
 from ihlab.probe.layers import capturing, decoder_layers, starting_at
 from ihlab.probe.models import LoadedModel
-from ihlab.probe.tasks import Prompt
+from ihlab.probe.prompts import Prompt
 from ihlab.sites import SiteHooks
 
-
-@dataclass
-class Condition:
-    """One forward per prompt: `full` (no intervention), `ablate` or `knockout` of heads."""
-
-    name: str
-    mode: str = "full"  # full | ablate | knockout
-    heads: list[Head] = field(default_factory=list)
-    ablation: Ablation = Ablation.zero
-
-    @property
-    def first_layer(self) -> int:
-        """The lowest layer the condition changes (0 for `full`: nothing to share)."""
-        return min((layer for layer, _ in self.heads), default=0)
-
-    def clamps(self, n_heads: int) -> list[Clamp]:
-        """The condition as the lab's clamps: one per layer with selected heads."""
-        if self.mode == "full":
-            return []
-        value = self.ablation.value if self.mode == "ablate" else "knockout"
-        return head_clamps(self.heads, self.mode, value, n_heads)
+HeadMeans = dict[str, Tensor]  # blocks.{l}.attn.z -> every head's mean output, (1, 1, head, d_head)
 
 
 @dataclass
-class Row:
+class PromptSequence:
     """One sequence: a prompt's tokens and an option prefix, with what to read from it."""
 
     ids: list[int]
@@ -93,7 +75,7 @@ def option_ids(tokenizer: object, options: Sequence[str]) -> list[list[int]]:
     return [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
 
 
-def prompt_rows(tokenizer: object, prompts: Sequence[Prompt]) -> list[Row]:
+def prompt_sequences(tokenizer: object, prompts: Sequence[Prompt]) -> list[PromptSequence]:
     """The sequences to run: per prompt, one per option prefix that no other prefix extends; each
     option is read from the first of them that starts with its prefix."""
     rows = []
@@ -105,7 +87,9 @@ def prompt_rows(tokenizer: object, prompts: Sequence[Prompt]) -> list[Row]:
         owner = [next(k for k, b in enumerate(branches) if _starts(b, o[:-1])) for o in options]
         for k, branch in enumerate(branches):
             reads = [(i, o) for i, o in enumerate(options) if owner[i] == k]
-            rows.append(Row(ids + list(branch), keys + list(branch), p, reads, len(branch)))
+            rows.append(
+                PromptSequence(ids + list(branch), keys + list(branch), p, reads, len(branch))
+            )
     return rows
 
 
@@ -122,7 +106,7 @@ def score_conditions(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
     conditions: Sequence[Condition],
-    means: dict[int, Tensor] | None = None,
+    means: HeadMeans | None = None,
     batch_size: int = 16,
     share_prefix: bool = True,
     progress: bool = False,
@@ -137,15 +121,15 @@ def score_conditions(
     reference path: the same numbers up to floating-point summation order)."""
     model, tok = loaded.model, loaded.tokenizer
     layers = decoder_layers(model)
-    rows = sorted(prompt_rows(tok, prompts), key=lambda r: len(r.ids))
+    rows = sorted(prompt_sequences(tok, prompts), key=lambda r: len(r.ids))
     tail = 1 + max(r.branch for r in rows)  # logits kept at the end of every sequence
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     shape = (len(prompts), max(len(p.options) for p in prompts))
     result = {c.name: torch.full(shape, -torch.inf) for c in conditions}
     starts = {c.first_layer for c in conditions if share_prefix and c.mode != "full"} - {0}
     n_shared = common_prefix(rows, tail) if share_prefix else 0
-    clamps = {c.name: c.clamps(loaded.n_heads) for c in conditions}
-    clean_kv = _prefix_kv(model, rows[0], n_shared, [], means)
+    clamps = {c.name: c.clamp_set(loaded.n_layers, loaded.n_heads) for c in conditions}
+    clean_kv = _prefix_kv(model, rows[0], n_shared, ClampSet([], loaded.n_layers), means)
     shared = {
         c.name: _prefix_kv(model, rows[0], n_shared, clamps[c.name], means)
         if clamps[c.name]
@@ -163,7 +147,7 @@ def score_conditions(
             if condition.mode != "full":
                 start = condition.first_layer
                 skip = starting_at(layers, start, residuals[start]) if start in residuals else None
-                hooks = clamp_hooks(clamps[condition.name], keys, means)
+                hooks = condition_hooks(clamps[condition.name], keys, means)
                 state = ProbeState(hooks, prefix_kv=shared[condition.name])
                 with skip or contextlib.nullcontext():
                     scores = _logp(model, inputs, tail, state)
@@ -171,7 +155,7 @@ def score_conditions(
     return result
 
 
-def common_prefix(rows: Sequence[Row], tail: int) -> int:
+def common_prefix(rows: Sequence[PromptSequence], tail: int) -> int:
     """How many leading tokens (ids and knockout keys) every row shares, leaving each row at least
     the `tail` positions that are read."""
     first = rows[0]
@@ -184,16 +168,16 @@ def common_prefix(rows: Sequence[Row], tail: int) -> int:
 
 def _prefix_kv(
     model: torch.nn.Module,
-    row: Row,
+    row: PromptSequence,
     n: int,
-    clamps: Sequence[Clamp],
-    means: dict[int, Tensor] | None,
+    clamps: ClampSet,
+    means: HeadMeans | None,
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """Every layer's keys and values of `row`'s first `n` tokens under `clamps` ({} if n=0)."""
     if n == 0:
         return {}
     keys = torch.tensor([row.keys[:n]], device=model.device)
-    state = ProbeState(clamp_hooks(clamps, keys, means), capture_kv=True)
+    state = ProbeState(condition_hooks(clamps, keys, means), capture_kv=True)
     with probing(state):
         model(input_ids=torch.tensor([row.ids[:n]], device=model.device), use_cache=False)
     return state.kv
@@ -209,7 +193,7 @@ def _logp(
 
 
 def _pad(
-    chunk: Sequence[Row], pad: int, n_shared: int, device: torch.device
+    chunk: Sequence[PromptSequence], pad: int, n_shared: int, device: torch.device
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Model inputs of a batch without its first `n_shared` tokens, left-padded, positions after
     the shared ones; and the knockout keys of the whole sequences (padding never matches)."""
@@ -228,7 +212,7 @@ def _pad(
     return {k: v.to(device) for k, v in inputs.items()}, keys.to(device)
 
 
-def _read(logp: Tensor, chunk: Sequence[Row], tail: int, into: Tensor) -> None:
+def _read(logp: Tensor, chunk: Sequence[PromptSequence], tail: int, into: Tensor) -> None:
     """Sum each option's token log-probabilities: the kept position `tail - 1 - branch` predicts
     an option's first token."""
     for i, row in enumerate(chunk):
@@ -240,18 +224,28 @@ def _read(logp: Tensor, chunk: Sequence[Row], tail: int, into: Tensor) -> None:
 
 
 @torch.no_grad()
-def head_means(loaded: LoadedModel, prompts: Sequence[Prompt]) -> dict[int, Tensor]:
-    """Every head's mean output z over all positions of `prompts` (the mean-ablation values):
-    layer -> (head, d_head). One prompt per forward, so no padding enters the means."""
-    sites = {layer: f"blocks.{layer}.attn.z" for layer in range(loaded.n_layers)}
-    sums: dict[int, Tensor] = {}
+def head_means(loaded: LoadedModel, prompts: Sequence[Prompt]) -> HeadMeans:
+    """Every head's mean output z over all positions of `prompts` (the mean-ablation values),
+    by site, (1, 1, head, d_head). One prompt per forward, so no padding enters the means."""
+    sites = [f"blocks.{layer}.attn.z" for layer in range(loaded.n_layers)]
+    sums: dict[str, Tensor] = {}
     count = 0
     for prompt in prompts:
         ids, _ = encode(loaded.tokenizer, prompt)
-        hooks = SiteHooks(cache=sites.values())
+        hooks = SiteHooks(cache=sites)
         with probing(ProbeState(hooks)):
             loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device))
-        for layer, site in sites.items():
-            sums[layer] = sums.get(layer, 0) + hooks.cache[site].sum(dim=(0, 1))  # (head, d_head)
+        for site in sites:
+            sums[site] = sums.get(site, 0) + hooks.cache[site].sum(dim=(0, 1))  # (head, d_head)
         count += len(ids)
-    return {layer: total / count for layer, total in sums.items()}
+    return {site: (total / count)[None, None] for site, total in sums.items()}
+
+
+def condition_hooks(clamps: ClampSet, keys: Tensor | None, means: HeadMeans | None) -> SiteHooks:
+    """The hooks of one forward of a condition, from the lab's one hook assembly
+    (`ClampSet.hooks`): `keys` (batch, key) are the knockout keys of the whole sequences (see
+    `encode`), `means` the heads' reference means (the probe's mean ablation)."""
+    reference = SiteMeans(means) if means is not None else None
+    inputs = {} if keys is None else {"knockout_keys": keys}
+    ctx = ClampContext(inputs, None, 0, reference)
+    return clamps.hooks(ctx) or SiteHooks()

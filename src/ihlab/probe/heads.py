@@ -3,8 +3,8 @@
 Prefix matching by the paper's protocol: BOS + 50 distinct tokens from the middle of the
 vocabulary, repeated 4 times (201 tokens), 5 seeded sequences, one batched forward; for every query
 in repeats 2-4, the attention summed over the positions that follow the same token in all earlier
-repeats, averaged over queries and sequences. Previous-token score and an activation-based copying
-score come from the same forward.
+repeats, averaged over queries and sequences. The previous-token score and an activation-based
+copying score (`direct_copying`) come from the same forward.
 
 Decision: no token-frequency table ships with a model, so "the middle of the vocabulary by
 frequency" is taken as ids between the 4th and 96th percentile of the (BPE-ordered) vocabulary,
@@ -21,13 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from ihlab.errors import ConfigError
+from ihlab.metrics.circuits import ov_copying_score
 from ihlab.metrics.heads import prefix_matching_score, previous_token_score
+from ihlab.model import Positional
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.models import LoadedModel
+from ihlab.runs.checkpoints import load_lab_model
 from ihlab.seeding import generator
 from ihlab.sites import Intervention, SiteHooks
-
-SCORES = ("prefix_matching", "previous_token", "copying")
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _is_attn(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def copying_scores(
+def direct_copying_scores(
     loaded: LoadedModel,
     z: dict[int, Tensor],
     tokens: Tensor,
@@ -103,9 +104,10 @@ def copying_scores(
     averaged over those queries and calibrated against chance, (share - 1/n) / (1 - 1/n): 1 when
     all the raise goes to the attended token, 0 for a random head, -1/(n - 1) at the least. So a
     head that lowers the attended token reads about 0, not -1: unlike the lab's weight-based
-    eigenvalue score (`ihlab.metrics.circuits.copying_score`), this one does not separate
-    anti-copying from not copying. Decision: the share is taken among the tokens in context, not
-    the whole vocabulary: over ~50k logits any single token's share is ~0 even for a strong copier.
+    eigenvalue score (`ov_copying`, `ihlab.metrics.circuits.ov_copying_score`), this one does not
+    separate anti-copying from not copying; hence its own name, `direct_copying`. Decision: the
+    share is taken among the tokens in context, not the whole vocabulary: over ~50k logits any
+    single token's share is ~0 even for a strong copier.
     """
     model = loaded.model
     unembed, norm = model.get_output_embeddings(), final_norm(model)
@@ -137,13 +139,13 @@ def copying_scores(
 
 
 @torch.no_grad()
-def head_scores(
+def pretrained_head_scores(
     loaded: LoadedModel,
     protocol: PrefixProtocol | None = None,
     interventions: Mapping[str, Intervention] | None = None,
 ) -> dict[str, Tensor]:
-    """prefix_matching, previous_token and copying, each (layer, query head), from one batched
-    forward (with `interventions` at their sites, if given)."""
+    """prefix_matching, previous_token and direct_copying, each (layer, query head), from one
+    batched forward (with `interventions` at their sites, if given)."""
     protocol = protocol or PrefixProtocol()
     tokens = repeated_token_batch(loaded, protocol).to(loaded.model.device)
     layers = range(loaded.n_layers)
@@ -156,20 +158,18 @@ def head_scores(
     first = 1 + protocol.n_tokens  # queries in repeats 2-4 have an earlier occurrence
     prefix = torch.stack([prefix_matching_score(patterns[i].float(), tokens) for i in layers])
     previous = torch.stack([previous_token_score(patterns[i].float()) for i in layers])
-    copying = copying_scores(loaded, z, tokens, patterns, first)
-    return {"prefix_matching": prefix, "previous_token": previous, "copying": copying}
+    copying = direct_copying_scores(loaded, z, tokens, patterns, first)
+    return {"prefix_matching": prefix, "previous_token": previous, "direct_copying": copying}
 
 
 @torch.no_grad()
-def lab_head_scores(
+def checkpoint_head_scores(
     checkpoint: str, protocol: PrefixProtocol | None = None
 ) -> tuple[LoadedModel, dict[str, Tensor]]:
-    """The same scores for a checkpoint of the lab's own token models (`ihlab-train`): repeated
-    random tokens from its vocabulary (as many distinct tokens as fit its context), BOS first when
-    the model has one; copying is the weight-based score of `ihlab.metrics.circuits`."""
-    from ihlab.metrics.circuits import copying_score
-    from ihlab.model import Positional, load_lab_model
-
+    """Prefix matching and previous-token scores for a checkpoint of the lab's own token models
+    (`ihlab-train`): repeated random tokens from its vocabulary (as many distinct tokens as fit
+    its context), BOS first when the model has one; beside them the weight-based `ov_copying`
+    score of `ihlab.metrics.circuits`, as training runs log it."""
     protocol = protocol or PrefixProtocol()
     model = load_lab_model(checkpoint)
     cfg, io = model.cfg, model.io
@@ -191,7 +191,7 @@ def lab_head_scores(
     scores = {
         "prefix_matching": torch.stack([prefix_matching_score(cache[n], tokens) for n in names]),
         "previous_token": torch.stack([previous_token_score(cache[n]) for n in names]),
-        "copying": copying_score(model),
+        "ov_copying": ov_copying_score(model),
     }
     name = Path(checkpoint).stem
     loaded = LoadedModel(None, None, name, cfg.n_layers, cfg.n_heads, cfg.n_heads)

@@ -14,25 +14,26 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ihlab.probe.heads import SCORES
+from ihlab.metrics.grids import score_limits
 from ihlab.probe.models import LoadedModel
-from ihlab.probe.results import Cell, Row
+from ihlab.probe.results import Cell, ResultRow
 
 
 def write_heads(out: Path, scores: dict[str, torch.Tensor], loaded: LoadedModel) -> None:
-    """heads.csv (layer, head, kv_head, scores) and heads.png (one heatmap per score)."""
+    """heads.csv (layer, head, kv_head, then every score) and heads.png (one heatmap per score)."""
+    names = list(scores)
     group = loaded.n_heads // loaded.n_kv_heads
     with (out / "heads.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["layer", "head", "kv_head", *SCORES])
+        writer.writerow(["layer", "head", "kv_head", *names])
         for layer in range(loaded.n_layers):
             for head in range(loaded.n_heads):
-                values = [f"{float(scores[s][layer, head]):.6f}" for s in SCORES]
+                values = [f"{float(scores[s][layer, head]):.6f}" for s in names]
                 writer.writerow([layer, head, head // group, *values])
-    fig, axes = plt.subplots(1, len(SCORES), figsize=(4 * len(SCORES), 0.18 * loaded.n_layers + 2))
-    for ax, name in zip(axes, SCORES, strict=True):
-        low = -1 if name == "copying" else 0
-        image = ax.imshow(scores[name].cpu().numpy(), vmin=low, vmax=1, aspect="auto")
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 0.18 * loaded.n_layers + 2))
+    for ax, name in zip(axes, names, strict=True):
+        low, high = score_limits(name)
+        image = ax.imshow(scores[name].cpu().numpy(), vmin=low, vmax=high, aspect="auto")
         ax.set(title=name, xlabel="query head", ylabel="layer")
         fig.colorbar(image, ax=ax)
     fig.suptitle(loaded.name)
@@ -49,7 +50,7 @@ def _format(value: object) -> object:
     return "" if value is None else value
 
 
-def write_results_csv(out: Path, rows: Sequence[Row]) -> None:
+def write_results_csv(out: Path, rows: Sequence[ResultRow]) -> None:
     """results.csv: one line per task, shots and column, every field of its Cell."""
     fields = [f.name for f in dataclasses.fields(Cell)]
     with (out / "results.csv").open("w", newline="") as f:
@@ -61,7 +62,7 @@ def write_results_csv(out: Path, rows: Sequence[Row]) -> None:
                 writer.writerow([row.task, row.shots, column, *values])
 
 
-def write_predictions(out: Path, rows: Sequence[Row], columns: dict[str, list[str]]) -> None:
+def write_predictions(out: Path, rows: Sequence[ResultRow], columns: dict[str, list[str]]) -> None:
     """predictions.csv: per prompt (of `tasks.seeds` in order) and condition, whether it was
     answered correctly and its label margin (nats), for analyses the tables do not make."""
     with (out / "predictions.csv").open("w", newline="") as f:
@@ -82,7 +83,7 @@ def _p(value: float | None) -> str:
     return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
 
 
-def results_markdown(rows: Sequence[Row], model: str) -> str:
+def results_markdown(rows: Sequence[ResultRow], model: str) -> str:
     """The results table (accuracy, interval, margin change, p-values) and the knockout vs
     ablation table."""
     n = rows[0].cells["full"].n
@@ -134,7 +135,7 @@ def results_markdown(rows: Sequence[Row], model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_results(out: Path, rows: Sequence[Row], model: str) -> None:
+def plot_results(out: Path, rows: Sequence[ResultRow], model: str) -> None:
     """results.png: accuracy with 95% intervals per row and column (chance dotted), and the
     per-prompt margin changes from the full model as box plots."""
     columns = list(rows[0].cells)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ihlab.probe.columns import Column
-from ihlab.probe.stats import correct, margin, mcnemar, mean_interval, signed_rank, wilson
+from ihlab.stats.paired import correct, margin, mcnemar, mean_interval, signed_rank, wilson
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Cell:
 
 
 @dataclass
-class Row:
+class ResultRow:
     """A results row: its cells, and the per-prompt outcomes they summarise."""
 
     task: str
@@ -83,13 +83,13 @@ def make_row(
     columns: Sequence[Column],
     logliks: dict[str, Tensor],
     labels: Tensor,
-) -> Row:
+) -> ResultRow:
     """A row from each condition's option log-likelihoods, (prompt, option), and the labels."""
     outcomes = {
         c.name: Outcomes.of([logliks[cond.name] for cond in c.conditions], labels) for c in columns
     }
     n_options = int(torch.isfinite(logliks["full"][0]).sum())
-    return Row(task, shots, n_options, _cells(columns, outcomes), outcomes)
+    return ResultRow(task, shots, n_options, _cells(columns, outcomes), outcomes)
 
 
 def _cells(columns: Sequence[Column], outcomes: dict[str, Outcomes]) -> dict[str, Cell]:

@@ -1,0 +1,1 @@
+"""The command-line apps (Hydra): thin entry points over the library packages."""

@@ -1,0 +1,186 @@
+"""SIGTERM, SIGINT and SLURM preemption: stop at a step boundary, record, and exit as killed.
+
+A scheduler (SLURM preemption, a killed multirun, Ctrl-C) must see a stopped run as stopped, and
+the run must be resumable from where it stopped. So a signal never kills a run in the middle of a
+step: while training, the handler only records the signal and `StopOnSignal` raises `Interrupted`
+after the current optimizer step, when model, optimizer and data stream agree. The training code
+then saves a checkpoint and writes `summary.json` with status `interrupted`, and `exit_as_signalled`
+ends the process the way the signal would have (exit status 128 + signal number), after any child
+processes (a parallel multirun's workers) have stopped the same way. Under submitit (SLURM), the
+preemption signal (USR2) is handed back to submitit afterwards, which requeues the job; the
+requeued job resumes from the checkpoint (`resume=auto`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import psutil
+
+from ihlab.runs.checkpoints import evaluates_after
+
+log = logging.getLogger("ihlab.interrupts")
+
+CHILD_GRACE_S = 120.0  # how long child processes get to checkpoint and stop before SIGKILL
+PREEMPTION = signal.SIGUSR2  # submitit's preemption / timeout signal
+
+
+class Interrupted(BaseException):
+    """The process received `signum`. A BaseException, like KeyboardInterrupt, so that code that
+    handles failures (`except Exception`, Hydra's error reporting) lets it through."""
+
+    def __init__(self, signum: int, step: int | None = None) -> None:
+        self.signum, self.step = signum, step
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class SignalGuard:
+    """The process's handler for SIGTERM, SIGINT and (under submitit) USR2.
+
+    Outside training a signal stops the process at once (after its children); inside training
+    (inside `deferring()`) it is only recorded, and `StopOnSignal` acts on it.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self.previous: dict[int, Any] = {}
+
+    def signals(self) -> list[int]:
+        handled = [signal.SIGTERM, signal.SIGINT]
+        if callable(signal.getsignal(PREEMPTION)) or PREEMPTION in self.previous:
+            handled.append(PREEMPTION)  # submitit installed its requeue handler
+        return handled
+
+    def install(self) -> bool:
+        """Handle the signals in this process (main thread only); True if a handler changed."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        changed = False
+        for signum in self.signals():
+            current = signal.getsignal(signum)
+            if current != self.handle:  # bound methods are equal, not identical
+                self.previous.setdefault(signum, current)
+                signal.signal(signum, self.handle)
+                changed = True
+        return changed
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before `install`."""
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Record signals instead of raising them inside this block (a run: it stops at a step
+        boundary and always finishes its bookkeeping)."""
+        installed = self.install()
+        was, self.deferred, self.received = self.deferred, True, None
+        try:
+            yield
+        finally:
+            self.deferred = was
+            if installed:
+                self.restore()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+            log.warning("received %s", signal.Signals(signum).name)
+            stop_children(signal.SIGTERM if signum == PREEMPTION else signum)
+        if not self.deferred:
+            raise Interrupted(signum)
+
+
+GUARD = SignalGuard()
+
+
+def stop_children(signum: int) -> None:
+    """Send `signum` to every descendant process of this session and wait for them to stop
+    (SIGKILL after CHILD_GRACE_S): a parallel multirun's workers checkpoint and stop with their
+    parent. Helpers that run in a session of their own (the W&B writer and W&B's service) or
+    ignore the signal (multiprocessing's and loky's resource trackers) are left alone: they must
+    outlive the run's last words, and they stop by themselves when their parent does."""
+    session = os.getsid(0)
+    children = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if _session(p) == session and not _ignores(p, signum)
+    ]
+    for child in children:
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=CHILD_GRACE_S)
+    for child in alive:
+        log.error("child process %d did not stop within %.0f s: killed", child.pid, CHILD_GRACE_S)
+        child.kill()
+
+
+def _ignores(process: psutil.Process, signum: int) -> bool:
+    """Whether `process` ignores `signum` (Linux: the SigIgn mask in /proc; elsewhere: no)."""
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) >> (signum - 1) & 1)
+
+
+def _session(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:  # gone already
+        return None
+
+
+def exit_as_signalled(signum: int) -> None:
+    """End the process as `signum` would have: hand USR2 back to submitit (which requeues the job
+    and exits), else re-raise the signal with its default action (exit status 128 + signum)."""
+    logging.shutdown()
+    previous = GUARD.previous.get(signum)
+    if signum == PREEMPTION and callable(previous):
+        previous(signum, None)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    raise SystemExit(128 + signum)  # not reached unless the signal is blocked
+
+
+class StopOnSignal(L.Callback):
+    """Raise `Interrupted` at the first step boundary after a signal: after the step's update,
+    or, on an evaluation step, after its evaluation. Resuming from either point redoes nothing
+    and skips nothing (tested against uninterrupted runs at every kind of step).
+
+    The guard is installed again at train start because Lightning replaces the SIGTERM handler
+    when fit begins; Lightning's own handler would stop mid-evaluation, whose partial state a
+    resume cannot redo.
+    """
+
+    def __init__(self, eval_every: int, guard: SignalGuard = GUARD) -> None:
+        self.eval_every, self.guard = eval_every, guard
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.guard.install()
+        self.check(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not evaluates_after(trainer, self.eval_every):
+            self.check(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        if self.guard.received is not None:
+            raise Interrupted(self.guard.received, trainer.global_step)
