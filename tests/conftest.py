@@ -1,13 +1,30 @@
-"""Shared fixtures: compose configs the way `ihlab-train` does, and train in-process."""
+"""Shared fixtures: compose configs the way `ihlab-train` does, train in-process, and the reference
+runs every module shares (trained once per session, whatever the number of pytest-xdist workers).
+
+The suite runs on pytest-xdist workers (pyproject.toml: `-n 2`), each on one torch thread: two
+processes with two threads each on two cores slow each other down ~40x. `OMP_NUM_THREADS=1` is
+set before torch is imported, so every process a test starts (ihlab-train, its multirun workers)
+is single-threaded too.
+"""
 
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: see the module doc
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import shutil
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,17 +32,21 @@ from ihlab.apps.hydra_entry import config_dir
 from ihlab.train.run import train
 from ihlab.train.schema import TrainConfig, register_configs, to_train_config
 
-os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(1)
 register_configs()
 
-
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache of dequantized GGUF weights for the session (ihlab-probe's IHLAB_CACHE): the
-    first SmolLM2 load writes it, later loads and CLI runs read it; nothing lands in ~/.cache."""
-    folder = tmp_path_factory.mktemp("ihlab-cache")
-    os.environ["IHLAB_CACHE"] = str(folder)
-    return folder
+# The token run every module's fault, resume and output tests compare against: evaluations every
+# 20 steps and checkpoints every 50, so interruptions land on evaluation steps, checkpoint steps
+# and neither.
+RUN = (
+    "trainer.max_steps=120",
+    "trainer.eval_every=20",
+    "trainer.score_every=40",
+    "trainer.checkpoint_every=50",
+    "trainer.threads=1",
+    "data.eval_size=128",
+    "data.eval_batch_size=64",
+)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -37,6 +58,74 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def quiet(overrides: list[str]) -> list[str]:
     """Tests train without W&B (unless they test it) and without a progress bar."""
     return ["wandb=off", "trainer.progress_bar=false", *overrides]
+
+
+def train_in_process(run_dir: Path, *overrides: str, wandb: bool = False) -> dict[str, Any]:
+    """Train one run in this process, composed as `ihlab-train` would compose it."""
+    args = ["trainer.progress_bar=false", *overrides] if wandb else quiet(list(overrides))
+    cfg = compose_config(args)
+    return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder every xdist worker of this session sees (the base temp's parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(shared_root: Path) -> Path:
+    """One cache of dequantized GGUF weights for the session (ihlab-probe's IHLAB_CACHE): the
+    first SmolLM2 load writes it, later loads and CLI runs read it; nothing lands in ~/.cache."""
+    folder = shared_root / "ihlab-cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["IHLAB_CACHE"] = str(folder)
+    return folder
+
+
+@dataclass
+class SharedRuns:
+    """Reference runs trained once per session and read by every module that needs them: the
+    first worker to ask trains it (under a file lock), the others wait and reuse it. A test that
+    changes a run works on a copy (`copy`)."""
+
+    root: Path
+
+    def get(self, name: str, *overrides: str, wandb: bool = False) -> Path:
+        run_dir = self.root / name
+        with FileLock(str(self.root / f"{name}.lock")):
+            if (
+                not (run_dir / "summary.json").is_file()
+                and not (run_dir / "ensemble.json").is_file()
+            ):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                train_in_process(run_dir, *overrides, wandb=wandb)
+        return run_dir
+
+    @staticmethod
+    def copy(run_dir: Path, to: Path) -> Path:
+        shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(".lock"))
+        return to
+
+
+@pytest.fixture(scope="session")
+def shared_runs(shared_root: Path) -> SharedRuns:
+    return SharedRuns(shared_root)
+
+
+@pytest.fixture(scope="session")
+def reference(shared_runs: SharedRuns) -> Path:
+    """The uninterrupted `RUN` of induction_2l, seed 0: what every resumed run must reproduce."""
+    return shared_runs.get("reference", *RUN)
+
+
+@pytest.fixture(scope="session")
+def reference_seed1(shared_runs: SharedRuns) -> Path:
+    """The same run with seed 1."""
+    return shared_runs.get("reference_seed1", *RUN, "seed=1")
 
 
 @pytest.fixture
@@ -52,12 +141,44 @@ def run_training(tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """Train in-process into tmp_path/<name> and return the summary."""
 
     def run(*overrides: str, name: str = "run", wandb: bool = False) -> dict[str, Any]:
-        args = list(overrides) if wandb else quiet(list(overrides))
-        if wandb:
-            args = ["trainer.progress_bar=false", *args]
-        cfg = compose_config(args)
-        run_dir = tmp_path / name
-        return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+        return train_in_process(tmp_path / name, *overrides, wandb=wandb)
+
+    return run
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def ihlab_train_main(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str], Path], CliResult]:
+    """`ihlab-train ARGS` run in this process from `cwd` (its app's `main`, as the console script
+    calls it, minus the W&B writer's early start and the process boundary): the exit status,
+    and what it printed. For the tests of what a command prints and returns; signals and
+    launchers need real processes."""
+    from ihlab.apps.train import main
+
+    def run(args: list[str], cwd: Path) -> CliResult:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["ihlab-train", *args])
+        monkeypatch.delenv("IHLAB_OUTPUTS", raising=False)
+        capfd.readouterr()
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+                code = 1
+            else:
+                code = exit_.code or 0
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
 
     return run
 

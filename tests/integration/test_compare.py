@@ -16,16 +16,13 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
-from conftest import compose_config, quiet
+from conftest import SharedRuns
 from ihlab.apps.compare import main
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.compare.study import compare
 from ihlab.runs.summary import write_summary
 from ihlab.stats.groups import holm
-from ihlab.train.run import train
-from ihlab.train.schema import to_train_config
 
 SHORT = (
     "experiment=fewshot_fast",
@@ -40,15 +37,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A multirun-shaped folder: 4 trained runs, a failed one and an unfinished one."""
+def sweep(shared_runs: SharedRuns, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multirun-shaped folder: 4 trained runs (trained once per session, shared by the xdist
+    workers), a failed one and an unfinished one; this module's own copy."""
     root = tmp_path_factory.mktemp("multirun")
     for num, (clamp, seed) in enumerate(
         [("none", 0), ("none", 1), ("subcircuit_a", 0), ("subcircuit_a", 1)]
     ):
-        cfg = compose_config(quiet([*SHORT, f"clamps={clamp}", f"seed={seed}"]))
-        assert f"{num}_{cfg.condition}_s{seed}" == RUNS[num]
-        train(to_train_config(cfg), root / RUNS[num], OmegaConf.to_container(cfg, resolve=True))
+        run = shared_runs.get(f"compare_{RUNS[num]}", *SHORT, f"clamps={clamp}", f"seed={seed}")
+        condition = json.loads((run / "summary.json").read_text())["condition"]
+        assert f"{num}_{condition}_s{seed}" == RUNS[num]
+        SharedRuns.copy(run, root / RUNS[num])
     failed = root / "4_baseline_s2"
     failed.mkdir()
     error = {"status": "failed", "error": "RuntimeError: boom", "condition": "baseline", "seed": 2}
@@ -117,7 +116,9 @@ def test_csv_has_one_row_per_condition_matching_the_summaries(
         assert float(clamped[f"{key}_holm"]) == pytest.approx(adjusted)
 
 
-def test_markdown_lists_the_runs_left_out_and_the_censoring_rule(sweep: Path) -> None:
+def test_markdown_lists_the_runs_left_out_and_the_censoring_rule(
+    sweep: Path, result: dict[str, Any]
+) -> None:
     md = (sweep / "comparison.md").read_text()
     assert "| baseline | 2 | 0,1 | not reached | 2 |" in md
     assert "| subcircuit_a | 2 | 0,1 |" in md and "censored there" in md

@@ -23,7 +23,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, quiet, read_offline_wandb
+from conftest import RUN, SharedRuns, compose_config, quiet, read_offline_wandb
 from ihlab.compare.study import compare
 from ihlab.data import make_family
 from ihlab.model import shape_state
@@ -61,33 +61,48 @@ def assert_close_runs(member: Path, single: Path) -> None:
             assert torch.allclose(torch.tensor(mine[2]), torch.tensor(theirs[2]), RTOL, ATOL)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        (),
-        (*FEWSHOT, "clamps=[prev_token,match]", "trainer.eval_unclamped=true"),
-    ],
-    ids=["tokens", "clamped_fewshot"],
-)
-def test_each_member_matches_its_single_run(tmp_path: Path, overrides: tuple[str, ...]) -> None:
-    job = run(tmp_path / "job", *SHORT, *overrides, "seeds=[0,1,2]")
+@pytest.fixture(scope="session")
+def token_job(shared_runs: SharedRuns) -> Path:
+    """The shared reference runs of seeds 0 and 1 (tests/conftest.py: RUN) as one ensemble job."""
+    return shared_runs.get("ensemble", *RUN, "seeds=[0,1]")
+
+
+def assert_member_is_its_single_run(member_dir: Path, single_dir: Path, seed: int) -> None:
+    summary = json.loads((member_dir / "summary.json").read_text())
+    single = json.loads((single_dir / "summary.json").read_text())
+    assert summary["seed"] == seed and summary["status"] == "completed"
+    assert summary["learning_time"] == single["learning_time"]
+    assert summary["phase_change"]["detected"] == single["phase_change"]["detected"]
+    assert_close_runs(member_dir, single_dir)
+    resolved = OmegaConf.load(member_dir / ".hydra" / "resolved.yaml")
+    assert resolved.seed == seed and resolved.seeds is None  # its single run's config
+    weights = load_lab_model(str(member_dir / "checkpoints" / "last.ckpt")).state_dict()
+    own = load_lab_model(str(single_dir / "checkpoints" / "last.ckpt"))
+    for name, value in own.state_dict().items():  # Adam's normalized step turns last-bit
+        assert torch.allclose(weights[name], value, RTOL, 1e-4), name  # gradient noise of
+        # near-zero components into weight differences up to ~1e-5 (measured 1.6e-5)
+
+
+def test_each_member_of_a_token_job_matches_its_single_run(
+    token_job: Path, reference: Path, reference_seed1: Path
+) -> None:
+    job = json.loads((token_job / "ensemble.json").read_text())
+    assert job["status"] == "completed" and job["seeds"] == [0, 1]
+    singles = {0: reference, 1: reference_seed1}
+    for member in job["members"]:
+        assert_member_is_its_single_run(
+            Path(member["run_dir"]), singles[member["seed"]], member["seed"]
+        )
+
+
+def test_each_member_of_a_clamped_fewshot_job_matches_its_single_run(tmp_path: Path) -> None:
+    overrides = (*SHORT, *FEWSHOT, "clamps=[prev_token,match]", "trainer.eval_unclamped=true")
+    job = run(tmp_path / "job", *overrides, "seeds=[0,1,2]")
     assert job["status"] == "completed" and job["seeds"] == [0, 1, 2]
     for seed in (0, 1, 2):
-        single = run(tmp_path / f"single_{seed}", *SHORT, *overrides, f"seed={seed}")
+        run(tmp_path / f"single_{seed}", *overrides, f"seed={seed}")
         (member,) = [m for m in job["members"] if m["seed"] == seed]
-        member_dir = Path(member["run_dir"])
-        summary = json.loads((member_dir / "summary.json").read_text())
-        assert summary["seed"] == seed and summary["status"] == "completed"
-        assert summary["learning_time"] == single["learning_time"]
-        assert summary["phase_change"]["detected"] == single["phase_change"]["detected"]
-        assert_close_runs(member_dir, tmp_path / f"single_{seed}")
-        resolved = OmegaConf.load(member_dir / ".hydra" / "resolved.yaml")
-        assert resolved.seed == seed and resolved.seeds is None  # its single run's config
-        weights = load_lab_model(str(member_dir / "checkpoints" / "last.ckpt")).state_dict()
-        own = load_lab_model(str(tmp_path / f"single_{seed}" / "checkpoints" / "last.ckpt"))
-        for name, value in own.state_dict().items():  # Adam's normalized step turns last-bit
-            assert torch.allclose(weights[name], value, RTOL, 1e-4), name  # gradient noise of
-            # near-zero components into weight differences up to ~1e-5 (measured 1.6e-5)
+        assert_member_is_its_single_run(Path(member["run_dir"]), tmp_path / f"single_{seed}", seed)
 
 
 def test_compare_reads_the_members_of_an_ensemble_job(tmp_path: Path) -> None:
@@ -112,9 +127,10 @@ def interrupt_at(step: int, fn):
         LabModule.training_step = training_step
 
 
-def test_a_killed_ensemble_resumes_every_member_identically(tmp_path: Path) -> None:
-    args = (*SHORT, "trainer.checkpoint_every=30", "seeds=[0,1]")
-    run(tmp_path / "full", *args)
+def test_a_killed_ensemble_resumes_every_member_identically(
+    tmp_path: Path, token_job: Path
+) -> None:
+    args = (*RUN, "seeds=[0,1]")
     with pytest.raises(Interrupted):
         interrupt_at(49, lambda: run(tmp_path / "cut", *args))
     record = json.loads((tmp_path / "cut" / "ensemble.json").read_text())
@@ -128,12 +144,12 @@ def test_a_killed_ensemble_resumes_every_member_identically(tmp_path: Path) -> N
     for member in ("baseline_s0", "baseline_s1"):
         for name in ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv"):
             cut = (tmp_path / "cut" / member / name).read_bytes()
-            assert cut == (tmp_path / "full" / member / name).read_bytes(), (member, name)
+            assert cut == (token_job / member / name).read_bytes(), (member, name)
         segments = json.loads((tmp_path / "cut" / member / "summary.json").read_text())["segments"]
-        assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 50), (50, 80)]
+        assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 50), (50, 120)]
 
 
-def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch) -> None:
+def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch, reference: Path) -> None:
     training_step = LabModule.training_step
 
     def poison_member_1(self, batch, batch_idx):
@@ -143,7 +159,7 @@ def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch) -> None:
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(LabModule, "training_step", poison_member_1)
-    job = run(tmp_path / "job", *SHORT, "trainer.checkpoint_every=10", "seeds=[0,1]")
+    job = run(tmp_path / "job", *RUN, "trainer.checkpoint_every=10", "seeds=[0,1]")
     monkeypatch.undo()
     assert job["status"] == "completed"
     assert [m["status"] for m in job["members"]] == ["completed", "diverged"]
@@ -157,9 +173,7 @@ def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch) -> None:
         load_lab_model(str(p)) for p in (tmp_path / "job/baseline_s1/checkpoints").glob("*.ckpt")
     ]
     assert kept and all(torch.isfinite(p).all() for m in kept for p in m.parameters())
-    single = run(tmp_path / "single_0", *SHORT, "trainer.checkpoint_every=10", "seed=0")
-    assert single["status"] == "completed"
-    assert_close_runs(tmp_path / "job" / "baseline_s0", tmp_path / "single_0")
+    assert_close_runs(tmp_path / "job" / "baseline_s0", reference)  # checkpoint_every: no number
 
 
 CLAMPED_CONFIGS = {

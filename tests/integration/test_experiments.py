@@ -6,16 +6,14 @@ A README number that changes must change here too, and a regression to half an e
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import compose_config, quiet
-from ihlab.train.run import train
-from ihlab.train.schema import to_train_config
+from conftest import SharedRuns
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +64,11 @@ def test_smeared_keys_give_a_one_layer_model_induction_and_plain_keys_do_not(
     assert len(scored) == 9 * 4 and max(scored) < 0.02 + 0.02  # measured 0.023-0.025
 
 
-@pytest.fixture(scope="module")
-def fewshot_fast(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+@pytest.fixture(scope="session")
+def fewshot_fast(shared_runs: SharedRuns) -> tuple[dict[str, Any], Path]:
     """`ihlab-train experiment=fewshot_fast` as the README runs it (seed 0, 5000 steps)."""
-    run_dir = tmp_path_factory.mktemp("fewshot_fast") / "run"
-    cfg = compose_config(quiet(["experiment=fewshot_fast"]))
-    summary = train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
-    return summary, run_dir
+    run_dir = shared_runs.get("fewshot_fast", "experiment=fewshot_fast")
+    return json.loads((run_dir / "summary.json").read_text()), run_dir
 
 
 def test_fewshot_fast_plateaus_at_ln2_then_generalizes_to_new_pairs_and_classes(

@@ -23,9 +23,8 @@ from typing import Any
 import psutil
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from conftest import compose_config, quiet
+from conftest import RUN, SharedRuns, train_in_process
 from ihlab.errors import ConfigError
 from ihlab.runs.checkpoints import (
     CheckpointError,
@@ -33,33 +32,19 @@ from ihlab.runs.checkpoints import (
     load_checkpoint,
     load_lab_model,
 )
-from ihlab.runs.ownership import RunDirError
+from ihlab.runs.ownership import RunDirError, RunLock
 from ihlab.runs.signals import Interrupted
 from ihlab.runs.summary import write_summary
 from ihlab.runs.tables import read_metrics
 from ihlab.train.module import LabModule
-from ihlab.train.run import train
-from ihlab.train.schema import to_train_config
 
 IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
-# Short runs with evaluation every 20 steps and checkpoints every 50, so that interruptions land
-# on evaluation steps, checkpoint steps and neither.
-RUN = (
-    "trainer.max_steps=120",
-    "trainer.eval_every=20",
-    "trainer.score_every=40",
-    "trainer.checkpoint_every=50",
-    "trainer.threads=1",
-    "data.eval_size=128",
-    "data.eval_batch_size=64",
-)
 CLI = ["wandb=off", "trainer.progress_bar=false", *RUN]
 EXACT = ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv", "loss_pca.csv")
 
 
 def run_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:
-    cfg = compose_config(quiet([*RUN, *overrides]))
-    return train(to_train_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    return train_in_process(run_dir, *RUN, *overrides)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -119,30 +104,25 @@ def logged_step(run_dir: Path, step: int) -> Callable[[], bool]:
     return reached
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run through the CLI: what every resumed run must reproduce."""
-    root = tmp_path_factory.mktemp("reference")
-    result = ihlab_train([*CLI, "hydra.run.dir=ref"], cwd=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return root / "ref"
-
-
 # Signals and kills
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
 def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
-    tmp_path: Path, reference: Path, sig: int, name: str
+    tmp_path: Path, reference: Path, sig: int, name: str, ihlab_train_main
 ) -> None:
-    proc = start([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    """SIGTERM to a run logging to W&B (offline, the default: W&B's service runs in a session of
+    its own and must survive the run's last words), SIGINT to one without."""
+    wandb = ["wandb.mode=offline"] if sig == signal.SIGTERM else ["wandb=off"]
+    proc = start([*CLI[1:], *wandb, "hydra.run.dir=run"], cwd=tmp_path)
     run = tmp_path / "run"
     wait_for(logged_step(run, 40), proc)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == -sig, output  # died by the signal: a scheduler sees it killed
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "interrupted"
+    assert summary["status"] == "interrupted", summary.get("error")
     assert summary["interruption"]["signal"] == name
     stopped = summary["interruption"]["step"]
     assert 40 <= stopped < 120 and summary["steps"] == stopped
@@ -151,13 +131,13 @@ def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
     assert max(r["step"] for r in rows) >= 40
     assert f"hydra.run.dir={run}" in output  # how to resume
     kept = snapshot(run)
-    # The retry resumes: the same command and directory, or ckpt_path alone (its run's directory).
-    retry = (
-        "hydra.run.dir=run"
-        if sig == signal.SIGTERM
-        else f"ckpt_path={run}/checkpoints/interrupted.ckpt"
-    )
-    result = ihlab_train([*CLI, retry], cwd=tmp_path)
+    # The retry resumes: the same command and directory (a new process), or ckpt_path alone (its
+    # run's directory; the app run in this process).
+    if sig == signal.SIGTERM:
+        result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    else:
+        retry = f"ckpt_path={run}/checkpoints/interrupted.ckpt"
+        result = ihlab_train_main([*CLI, retry], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 120
@@ -168,8 +148,9 @@ def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
     assert kept["checkpoints/interrupted.ckpt"] == snapshot(run)["checkpoints/interrupted.ckpt"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
-    tmp_path: Path, reference: Path
+    tmp_path: Path, reference: Path, ihlab_train_main
 ) -> None:
     proc = start([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
     run = tmp_path / "run"
@@ -179,7 +160,7 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
     proc.wait()
     assert not (run / "summary.json").exists()
     assert not list(run.rglob(".*.tmp"))  # no half-written file with a real name
-    result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+    result = ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"].endswith(".ckpt")
@@ -210,31 +191,38 @@ def test_kill_right_after_any_checkpoint_resumes_exactly(
         assert_same_run(run, reference)
 
 
-@pytest.mark.parametrize("step", [19, 20, 49, 99, 119])
-def test_a_signal_at_any_kind_of_step_resumes_exactly(
-    tmp_path: Path, monkeypatch, reference: Path, step: int
+def test_signals_at_every_kind_of_step_resume_exactly(
+    tmp_path: Path, monkeypatch, reference: Path
 ) -> None:
-    """Steps before an evaluation, after one, before a checkpoint, and the last step."""
+    """One run stopped by SIGTERM in turn before an evaluation (19), on one (20), before a
+    checkpoint (49), before an evaluation that is also a checkpoint (99) and on the last step
+    (119), resumed after each: each stop comes after the step it struck in, and the run, in six
+    segments, equals the uninterrupted one."""
     training_step = LabModule.training_step
+    run = tmp_path / "run"
+    for step in (19, 20, 49, 99, 119):
 
-    def signal_at(self, batch, batch_idx):
-        if self.global_step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return training_step(self, batch, batch_idx)
+        def signal_at(self, batch, batch_idx, step=step):
+            if self.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return training_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(LabModule, "training_step", signal_at)
-    with pytest.raises(Interrupted) as info:
-        run_in_process(tmp_path / "run")
-    assert info.value.step == step + 1  # stops after the step it was in
+        monkeypatch.setattr(LabModule, "training_step", signal_at)
+        with pytest.raises(Interrupted) as info:
+            run_in_process(run)
+        assert info.value.step == step + 1  # stops after the step it was in
+        interrupted = json.loads((run / "summary.json").read_text())
+        assert interrupted["status"] == "interrupted" and interrupted["steps"] == step + 1
     monkeypatch.undo()
-    interrupted = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert interrupted["status"] == "interrupted" and interrupted["steps"] == step + 1
-    assert run_in_process(tmp_path / "run")["status"] == "completed"
-    assert_same_run(tmp_path / "run", reference)
+    summary = run_in_process(run)
+    assert summary["status"] == "completed"
+    assert [s["to_step"] for s in summary["segments"]] == [20, 21, 50, 100, 120, 120]
+    assert_same_run(run, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
-    tmp_path: Path,
+    tmp_path: Path, ihlab_train_main
 ) -> None:
     args = ["-m", "seed=0,1,2", *CLI, "hydra.sweep.dir=sweep"]
     proc = start(args, cwd=tmp_path)
@@ -252,7 +240,7 @@ def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
     assert status == {"0_baseline_s0": "completed", "1_baseline_s1": "interrupted"}
     assert not (sweep / "2_baseline_s2").exists()
     finished = snapshot(sweep / "0_baseline_s0")
-    result = ihlab_train(args, cwd=tmp_path)
+    result = ihlab_train_main(args, tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("0_baseline_s0", "1_baseline_s1", "2_baseline_s2"):
         assert json.loads((sweep / name / "summary.json").read_text())["status"] == "completed"
@@ -261,7 +249,8 @@ def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
     assert [s["status"] for s in segments] == ["interrupted", "completed"]
 
 
-def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path, ihlab_train_main) -> None:
     args = ["-m", "launcher=parallel", "seed=0,1", *CLI, "hydra.sweep.dir=sweep"]
     proc = start(args, cwd=tmp_path)
     sweep = tmp_path / "sweep"
@@ -276,13 +265,14 @@ def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path) -> None:
     for i in (0, 1):
         summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
         assert summary["status"] == "interrupted"
-    result = ihlab_train(args, cwd=tmp_path)
+    result = ihlab_train_main(args, tmp_path)
     assert result.returncode == 0, result.stderr
     for i in (0, 1):
         summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
         assert summary["status"] == "completed" and len(summary["segments"]) == 2
 
 
+@pytest.mark.slow
 def test_slurm_preemption_requeues_through_submitit_and_resumes(
     tmp_path: Path, reference: Path
 ) -> None:
@@ -311,18 +301,21 @@ def test_slurm_preemption_requeues_through_submitit_and_resumes(
 # One run per directory
 
 
-def test_a_rerun_with_another_config_is_refused_and_loses_nothing(tmp_path: Path) -> None:
-    first = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=40"], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    before = snapshot(tmp_path / "run")
-    second = ihlab_train([*CLI, "hydra.run.dir=run", "seed=5", "trainer.max_steps=20"], tmp_path)
+def test_a_rerun_with_another_config_is_refused_and_loses_nothing(
+    tmp_path: Path, reference: Path, ihlab_train_main
+) -> None:
+    run = SharedRuns.copy(reference, tmp_path / "run")
+    before = snapshot(run)
+    second = ihlab_train_main(
+        [*CLI, "hydra.run.dir=run", "seed=5", "trainer.max_steps=20"], tmp_path
+    )
     assert second.returncode == 1
     assert "holds another run: its config differs (seed: 0 -> 5)" in second.stderr
     assert "replace=true" in second.stderr
-    assert snapshot(tmp_path / "run") == before
-    again = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=40"], cwd=tmp_path)
-    assert again.returncode == 0 and "nothing to do" in again.stdout
-    assert snapshot(tmp_path / "run") == before
+    assert snapshot(run) == before
+    again = ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+    assert snapshot(run) == before
 
 
 def test_replace_moves_the_old_run_aside_intact(tmp_path: Path) -> None:
@@ -344,42 +337,43 @@ def test_resume_never_refuses_a_used_directory(tmp_path: Path) -> None:
         run_in_process(run, "trainer.max_steps=20", "resume=never")
 
 
-def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path: Path) -> None:
-    proc = start([*CLI, "hydra.run.dir=run", "trainer.max_steps=400"], cwd=tmp_path)
-    wait_for(logged_step(tmp_path / "run", 20), proc)
-    second = ihlab_train([*CLI, "hydra.run.dir=run", "trainer.max_steps=400"], cwd=tmp_path)
-    assert second.returncode == 1
-    assert "is in use by a live run (pid" in second.stderr
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "completed" and len(summary["segments"]) == 1
+def test_a_second_live_run_in_the_same_directory_is_refused(
+    tmp_path: Path, ihlab_train_main
+) -> None:
+    """A live run holds its directory's lock (an flock, which the kernel releases when its process
+    dies); a second start there is refused and touches nothing."""
+    run = tmp_path / "run"
+    with RunLock(run):  # what a live run holds while it trains
+        second = ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path)
+        assert second.returncode == 1
+        assert "is in use by a live run (pid" in second.stderr
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path).returncode == 0
 
 
 def test_a_completed_run_can_be_extended_unless_its_schedule_depends_on_length(
-    tmp_path: Path,
+    tmp_path: Path, reference: Path
 ) -> None:
     run = tmp_path / "run"
     run_in_process(run, "trainer.max_steps=60")
-    run_in_process(tmp_path / "full", "trainer.max_steps=100")
-    extended = run_in_process(run, "trainer.max_steps=100")
-    assert extended["steps"] == 100 and extended["resumed_from"].endswith("last.ckpt")
-    assert_same_run(run, tmp_path / "full")
+    extended = run_in_process(run)  # to RUN's 120 steps
+    assert extended["steps"] == 120 and extended["resumed_from"].endswith("last.ckpt")
+    assert_same_run(run, reference)
     cosine = tmp_path / "cosine"
-    run_in_process(cosine, "trainer.max_steps=60", "optim.schedule=cosine")
-    with pytest.raises(RunDirError, match=r"trainer\.max_steps: 60 -> 100"):
-        run_in_process(cosine, "trainer.max_steps=100", "optim.schedule=cosine")
+    run_in_process(cosine, "trainer.max_steps=20", "optim.schedule=cosine")
+    with pytest.raises(RunDirError, match=r"trainer\.max_steps: 20 -> 40"):
+        run_in_process(cosine, "trainer.max_steps=40", "optim.schedule=cosine")
 
 
 def test_resume_from_a_checkpoint_outside_a_run_or_into_a_used_directory_is_refused(
-    tmp_path: Path,
+    tmp_path: Path, reference: Path
 ) -> None:
-    run_in_process(tmp_path / "a")
+    SharedRuns.copy(reference, tmp_path / "a")
     loose = tmp_path / "loose.ckpt"
     shutil.copy(tmp_path / "a" / "checkpoints" / "step_000050.ckpt", loose)
     with pytest.raises(RunDirError, match="not inside a run directory"):
         run_in_process(tmp_path / "b", f"ckpt_path={loose}")
-    run_in_process(tmp_path / "c", "seed=3")
+    run_in_process(tmp_path / "c", "seed=3", "trainer.max_steps=20")
     ckpt = tmp_path / "a" / "checkpoints" / "step_000050.ckpt"
     with pytest.raises(RunDirError, match="holds another run"):  # c's own config is seed 3
         run_in_process(tmp_path / "c", f"ckpt_path={ckpt}", "seed=3")
@@ -388,10 +382,9 @@ def test_resume_from_a_checkpoint_outside_a_run_or_into_a_used_directory_is_refu
 
 
 def test_a_failed_run_resumes_from_its_last_checkpoint_not_its_failure_state(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, reference: Path
 ) -> None:
     """The failure checkpoint may be mid-step: resuming from it would shift the evaluations."""
-    run_in_process(tmp_path / "full", "trainer.checkpoint_every=10")
     training_step = LabModule.training_step
 
     def fail_at_33(self, batch, batch_idx):
@@ -409,21 +402,10 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_not_its_failure_state(
         run_in_process(tmp_path / "run", "trainer.checkpoint_every=10", f"ckpt_path={failure}")
     summary = run_in_process(tmp_path / "run", "trainer.checkpoint_every=10")
     assert summary["segments"][-1]["from_step"] == 30
-    assert_same_run(tmp_path / "run", tmp_path / "full")
+    assert_same_run(tmp_path / "run", reference)  # checkpoint_every changes no number
 
 
-def test_a_signal_to_a_wandb_run_ends_it_interrupted_not_failed(tmp_path: Path) -> None:
-    """W&B's service runs in a session of its own and must survive the run's last words."""
-    args = [*CLI[1:], "wandb.mode=offline", "hydra.run.dir=run"]  # the default logger, offline
-    proc = start(args, cwd=tmp_path)
-    wait_for(logged_step(tmp_path / "run", 40), proc)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == -signal.SIGTERM, output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "interrupted", summary.get("error")
-
-
+@pytest.mark.slow
 def test_a_run_whose_wandb_cannot_start_fails_before_training_naming_why(
     tmp_path: Path,
 ) -> None:
@@ -443,6 +425,7 @@ def test_a_run_whose_wandb_cannot_start_fails_before_training_naming_why(
     assert "API key" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_whose_wandb_writer_dies_mid_run_fails_naming_it_and_keeps_its_numbers(
     tmp_path: Path,
 ) -> None:
@@ -512,8 +495,8 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path: Path, monkeypatch) -> N
     assert all(math.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
 
 
-def test_diverged_cli_run_exits_non_zero_naming_the_step(tmp_path: Path) -> None:
-    result = ihlab_train([*CLI, "hydra.run.dir=run", "optim.lr=10"], cwd=tmp_path)
+def test_diverged_cli_run_exits_non_zero_naming_the_step(tmp_path: Path, ihlab_train_main) -> None:
+    result = ihlab_train_main([*CLI, "hydra.run.dir=run", "optim.lr=10"], tmp_path)
     assert result.returncode == 1
     assert "the run diverged at step" in result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
@@ -532,9 +515,9 @@ class Payload:
         return (os.system, (f"touch {self.path}",))
 
 
-def crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+def crafted_checkpoint(tmp_path: Path, reference: Path) -> tuple[Path, Path]:
     """A run directory whose last.ckpt carries a payload, and the file the payload would make."""
-    run_in_process(tmp_path / "victim")
+    SharedRuns.copy(reference, tmp_path / "victim")
     ckpt = tmp_path / "victim" / "checkpoints" / "step_000050.ckpt"
     state = torch.load(ckpt, weights_only=True)
     marker = tmp_path / "pwned"
@@ -543,8 +526,10 @@ def crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     return ckpt, marker
 
 
-def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path: Path) -> None:
-    ckpt, marker = crafted_checkpoint(tmp_path)
+def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(
+    tmp_path: Path, reference: Path
+) -> None:
+    ckpt, marker = crafted_checkpoint(tmp_path, reference)
     with pytest.raises(CheckpointError, match=r"arbitrary unpickling.*never runs code"):
         load_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
@@ -562,16 +547,16 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path: P
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_a_broken_explicit_checkpoint_fails_clearly_and_writes_nothing(
-    tmp_path: Path, reference: Path, damage: str
+    tmp_path: Path, reference: Path, damage: str, ihlab_train_main
 ) -> None:
-    shutil.copytree(reference, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    SharedRuns.copy(reference, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "step_000050.ckpt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(
         {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"x" * 99}[damage]
     )
     before = snapshot(tmp_path / "run")
-    result = ihlab_train([*CLI, f"ckpt_path={ckpt}"], cwd=tmp_path)
+    result = ihlab_train_main([*CLI, f"ckpt_path={ckpt}"], tmp_path)
     assert result.returncode == 1
     assert f"checkpoint {ckpt} is corrupt or truncated" in result.stderr
     assert snapshot(tmp_path / "run") == before

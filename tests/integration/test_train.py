@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config, quiet, read_offline_wandb
+from conftest import RUN, SharedRuns, compose_config, quiet, read_offline_wandb
 from ihlab.apps.train import run_job
 from ihlab.runs.tables import read_metrics, read_step_table
 from ihlab.train.module import LabModule
@@ -17,40 +17,44 @@ from ihlab.train.module import LabModule
 SHORT = ("trainer.max_steps=60", "trainer.eval_every=20", "trainer.score_every=20")
 
 
-def test_run_directory_follows_the_output_contract(run_training, tmp_path: Path) -> None:
-    summary = run_training(*SHORT, "trainer.checkpoint_every=30")
-    run_dir = tmp_path / "run"
+def test_run_directory_follows_the_output_contract(reference: Path) -> None:
+    """The shared reference run (tests/conftest.py: RUN, 120 steps, evaluations every 20, head
+    scores every 40, checkpoints every 50)."""
+    run_dir = reference
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert (run_dir / ".hydra" / "resolved.yaml").exists()
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "sequences"]
     rows = read_metrics(run_dir / "metrics.csv")
     assert all(r["sequences"] == r["step"] * 64 for r in rows)
     eval_steps = [int(r["step"]) for r in rows if "eval/loss" in r]
-    assert eval_steps == [20, 40, 60]
+    assert eval_steps == [20, 40, 60, 80, 100, 120]
     score_steps = [int(r["step"]) for r in rows if "heads/prefix_matching/L1H0" in r]
-    assert score_steps == [0, 20, 40, 60]
+    assert score_steps == [0, 40, 80, 120]
     train_steps = [int(r["step"]) for r in rows if "train/loss" in r]
-    assert train_steps == list(range(0, 60, 10))
+    assert train_steps == list(range(0, 120, 10))
     assert {"eval/loss_first", "eval/loss_repeat", "eval/icl_score"} <= rows[-1].keys()
     assert {"train/loss_first", "train/loss_repeat"} <= rows[-2].keys()
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["seed"] == 0
     assert on_disk["condition"] == "baseline" and on_disk["name"] == "induction_2l"
-    assert on_disk["steps"] == 60 and on_disk["sequences"] == 60 * 64
+    assert on_disk["steps"] == 120 and on_disk["sequences"] == 120 * 64
     assert on_disk["steps_per_sec"] > 0 and on_disk["wall_time_s"] > 0
     assert "learning_time" in on_disk and "eval/loss_repeat" in on_disk["final"]
     assert on_disk["phase_change"]["method"] == "peak-slope"
-    assert on_disk["phase_change"]["detected"] is False  # 3 evaluations: too few to tell
-    assert summary["steps"] == 60
+    assert on_disk["phase_change"]["detected"] is False  # 6 evaluations: too few to tell
+    assert summary["steps"] == 120
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["last.ckpt", "step_000030.ckpt", "step_000060.ckpt"]
+    assert ckpts == ["last.ckpt", "step_000050.ckpt", "step_000100.ckpt"]
 
 
-def test_same_seed_gives_identical_metrics(run_training, tmp_path: Path) -> None:
-    run_training(*SHORT, name="a")
-    run_training(*SHORT, name="b")
-    run_training(*SHORT, "seed=1", name="c")
-    a, b, c = ((tmp_path / n / "metrics.csv").read_text() for n in "abc")
+def test_same_seed_gives_identical_metrics(
+    run_training, tmp_path: Path, reference: Path, reference_seed1: Path
+) -> None:
+    run_training(*RUN, name="b")
+    a, b, c = (
+        (d / "metrics.csv").read_text() for d in (reference, tmp_path / "b", reference_seed1)
+    )
     assert a == b
     assert a != c
 
@@ -66,34 +70,37 @@ def test_fewshot_run_logs_every_split(run_training, tmp_path: Path) -> None:
     assert -1.0 <= last["heads/induction_strength/L1H7"] <= 1.0
 
 
-def test_resume_into_a_new_directory_carries_the_whole_run(run_training, tmp_path: Path) -> None:
+def test_resume_into_a_new_directory_carries_the_whole_run(
+    run_training, tmp_path: Path, reference: Path
+) -> None:
     """The resumed run's files and summary cover the whole run, equal to an uninterrupted one."""
-    steps = ("trainer.max_steps=80", "trainer.eval_every=20", "trainer.score_every=20")
-    full = run_training(*steps, "trainer.checkpoint_every=40", name="full")
-    ckpt = tmp_path / "full" / "checkpoints" / "step_000040.ckpt"
-    resumed = run_training(*steps, f"ckpt_path={ckpt}", name="resumed")
+    source = SharedRuns.copy(reference, tmp_path / "full")
+    full = json.loads((source / "summary.json").read_text())
+    ckpt = source / "checkpoints" / "step_000050.ckpt"
+    resumed = run_training(*RUN, f"ckpt_path={ckpt}", name="resumed")
     assert resumed["resumed_from"] == str(ckpt)
-    assert resumed["history_from"] == str(tmp_path / "full")
+    assert resumed["history_from"] == str(source)
     for name in ("metrics.csv", "per_token_loss.csv", "loss_by_position.csv", "loss_pca.csv"):
-        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+        assert (tmp_path / "resumed" / name).read_bytes() == (source / name).read_bytes()
     for key in ("learning_time", "phase_change", "final", "best", "loss_pca", "steps"):
         assert resumed[key] == full[key], key
-    assert [(s["from_step"], s["to_step"]) for s in resumed["segments"]] == [(40, 80)]
+    assert [(s["from_step"], s["to_step"]) for s in resumed["segments"]] == [(50, 120)]
 
 
-def test_loss_tables_and_pca_are_written_each_evaluation(run_training, tmp_path: Path) -> None:
-    summary = run_training(*SHORT)
-    run_dir = tmp_path / "run"
+def test_loss_tables_and_pca_are_written_each_evaluation(reference: Path) -> None:
+    run_dir = reference
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluations = [20, 40, 60, 80, 100, 120]
     steps, names, by_position = read_step_table(run_dir / "loss_by_position.csv")
-    assert steps.tolist() == [20, 40, 60] and len(names) == by_position.shape[1] == 63
+    assert steps.tolist() == evaluations and len(names) == by_position.shape[1] == 63
     rows = {int(r["step"]): r for r in read_metrics(run_dir / "metrics.csv")}
     for step, profile in zip(steps, by_position, strict=True):  # the ICL score's ingredients
         early, late = 15, 62  # induction_2l: middle of the longest first segment, last target
         assert rows[step]["eval/icl_score"] == pytest.approx(profile[late] - profile[early], 1e-5)
     steps, names, losses = read_step_table(run_dir / "per_token_loss.csv")
-    assert steps.tolist() == [20, 40, 60] and losses.shape == (3, 256)
+    assert steps.tolist() == evaluations and losses.shape == (6, 128)  # eval_size 128 < 256
     pca = read_step_table(run_dir / "loss_pca.csv")
-    assert pca[0].tolist() == [20, 40, 60] and pca[1] == ["pc1", "pc2"]
+    assert pca[0].tolist() == evaluations and pca[1] == ["pc1", "pc2"]
     explained = summary["loss_pca"]["explained_variance"]
     assert len(explained) == 2 and 0 < sum(explained) <= 1 + 1e-9
 

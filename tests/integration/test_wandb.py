@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import ihlab.apps.dashboard  # noqa: F401  (registers the dashboard schema)
-from conftest import compose_config, read_offline_wandb
+from conftest import SharedRuns, compose_config, read_offline_wandb
 from dashboard_keys import panel_keys, report_panels, workspace_panels
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.runs.ownership import flat
@@ -65,20 +65,20 @@ def failed_at(run_dir: Path, step: int, *overrides: str) -> None:
         LabModule.training_step = training_step
 
 
-@pytest.fixture(scope="module")
-def resumed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A token run failed at step 30, then rerun in its own directory: resumed to step 60."""
-    run = tmp_path_factory.mktemp("wandb") / "tokens"
+def fail_then_resume(run: Path) -> None:
     failed_at(run, 30, *TOKENS)
     assert train_with_wandb(run, *TOKENS)["status"] == "completed"
-    return run
 
 
-@pytest.fixture(scope="module")
-def fewshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("wandb") / "fewshot"
-    train_with_wandb(run, *FEWSHOT)
-    return run
+@pytest.fixture(scope="session")
+def resumed(shared_runs: SharedRuns) -> Path:
+    """A token run failed at step 30, then rerun in its own directory: resumed to step 60."""
+    return shared_runs.build("wandb_tokens", fail_then_resume)
+
+
+@pytest.fixture(scope="session")
+def fewshot(shared_runs: SharedRuns) -> Path:
+    return shared_runs.build("wandb_fewshot", lambda run: train_with_wandb(run, *FEWSHOT))
 
 
 def segments(run_dir: Path) -> list[list[Any]]:

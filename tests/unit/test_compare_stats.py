@@ -224,6 +224,28 @@ def test_mann_whitney_with_ties_by_hand() -> None:
     )
 
 
+def test_logrank_keeps_a_censored_run_at_risk_until_it_stops_never_as_learned() -> None:
+    """A censored run counts in the risk set up to its last step and adds no event there. Worked
+    by hand, with the censored run still at risk when the other group learns (a censored run that
+    is last would not tell the two apart):
+    x learned at 1, censored at 3; y learned at 2, 4, 5. Per event time (at risk, x at risk,
+    x's observed minus expected, variance): t=1: 5, 2, 1 - 2/5, 6/25; t=2: 4, 1, 0 - 1/4, 3/16;
+    t=4 and t=5: no x at risk. chi2 = (7/20)^2 / (171/400) = 49/171. Counted as learned at 3 it
+    would add t=3: 3, 1, 1 - 1/3, 2/9 and give 1.59.
+    x learned at 1 and 3; y censored at 2, learned at 4: t=1: 4, 2, 1/2, 1/4; t=3: 2, 1, 1/2,
+    1/4: chi2 = 1 / (1/2) = 2 (0.62 with the censored run counted as learned at 2)."""
+    censored_x = logrank([1, 3], [True, False], [2, 4, 5], [True, True, True])
+    assert censored_x["logrank_chi2"] == pytest.approx(49 / 171)
+    censored_y = logrank([1, 3], [True, True], [2, 4], [False, True])
+    assert censored_y["logrank_chi2"] == pytest.approx(2.0)
+    for (dx, ex), (dy, ey) in [
+        (([1, 3], [True, False]), ([2, 4, 5], [True, True, True])),
+        (([1, 3], [True, True]), ([2, 4], [False, True])),
+    ]:
+        reference = logrank_test(dx, dy, ex, ey).test_statistic
+        assert logrank(dx, ex, dy, ey)["logrank_chi2"] == pytest.approx(reference)
+
+
 def test_logrank_by_hand() -> None:
     """x: learned at 1 and 3; y: learned at 2, censored at 4. Per event time (at risk, x at
     risk, x's observed minus expected, hypergeometric variance):
