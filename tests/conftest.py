@@ -95,15 +95,18 @@ class SharedRuns:
     root: Path
 
     def get(self, name: str, *overrides: str, wandb: bool = False) -> Path:
-        run_dir = self.root / name
+        """A run trained in-process with these overrides."""
+        return self.build(name, lambda run_dir: train_in_process(run_dir, *overrides, wandb=wandb))
+
+    def build(self, name: str, make: Callable[[Path], object]) -> Path:
+        """A folder made by `make(folder)` once per session (a `.done` marker says it is whole)."""
+        folder = self.root / name
         with FileLock(str(self.root / f"{name}.lock")):
-            if (
-                not (run_dir / "summary.json").is_file()
-                and not (run_dir / "ensemble.json").is_file()
-            ):
-                shutil.rmtree(run_dir, ignore_errors=True)
-                train_in_process(run_dir, *overrides, wandb=wandb)
-        return run_dir
+            if not (self.root / f"{name}.done").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                make(folder)
+                (self.root / f"{name}.done").touch()
+        return folder
 
     @staticmethod
     def copy(run_dir: Path, to: Path) -> Path:
