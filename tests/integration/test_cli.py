@@ -50,6 +50,7 @@ def test_multirun_of_two_jobs_writes_two_complete_run_directories(
         assert summary["steps"] == 20
 
 
+@pytest.mark.slow
 def test_multirun_through_the_submitit_launcher(tmp_path: Path) -> None:
     """The SLURM route (submitit, here its local executor); launcher=parallel (joblib) runs in
     test_a_multirun_of_ensemble_jobs_splits_seeds_over_parallel_workers and test_faults.py."""
@@ -68,12 +69,12 @@ def test_multirun_through_the_submitit_launcher(tmp_path: Path) -> None:
 
 
 def test_a_multirun_with_a_bad_point_runs_nothing_and_names_every_bad_point(
-    tmp_path: Path,
+    tmp_path: Path, ihlab_train_main
 ) -> None:
     """Every point is validated before the first job starts: a bad value in any point stops the
     multirun at once (exit 1), naming each bad point, its key and the fix, and writes nothing."""
     args = ["-m", "optim.lr=1e-3,-1", "model.n_heads=4,5", *QUICK]
-    result = ihlab_train(args, cwd=tmp_path)
+    result = ihlab_train_main(args, tmp_path)
     assert result.returncode == 1
     assert "config error in 3 of 4 sweep points; no job was run" in result.stderr
     lines = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("job")]
@@ -121,15 +122,16 @@ def test_a_multirun_reports_every_jobs_status_and_fails_when_one_did_not_complet
     ],
 )
 def test_bad_config_fails_before_training_naming_the_key(
-    tmp_path: Path, override: str, expected: str
+    tmp_path: Path, override: str, expected: str, ihlab_train_main
 ) -> None:
-    result = ihlab_train([override, "wandb=off"], cwd=tmp_path)
+    result = ihlab_train_main([override, "wandb=off"], tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr
     assert not list(tmp_path.glob("outputs/**/checkpoints"))
     assert not list(tmp_path.glob("outputs/**/metrics.csv"))
 
 
+@pytest.mark.slow
 def test_a_multirun_of_ensemble_jobs_runs_them_on_parallel_workers(tmp_path: Path) -> None:
     """Two conditions x 4 seeds as four ensemble jobs of 2 seeds, two at a time on joblib
     workers: every job writes its record and one run directory per seed."""
