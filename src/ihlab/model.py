@@ -258,13 +258,23 @@ class Transformer(nn.Module):
         label_vecs = self.embed_labels(labels.clamp(min=0))  # (batch, pos, d_model)
         return torch.where((labels >= 0)[..., None], label_vecs, exemplars)
 
-    def forward(self, inputs: dict[str, Tensor], hooks: SiteHooks = NO_HOOKS) -> Tensor:
-        x = hooks("embed", self.embed(inputs))  # (batch, pos, d_model)
-        if self.pos_embed is not None:
-            batch, n = x.shape[:2]
-            pos = self.pos_embed.weight[:n].expand(batch, n, -1)  # (batch, pos, d_model)
-            x = x + hooks("pos_embed", pos)
-        for block in self.blocks:
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        hooks: SiteHooks = NO_HOOKS,
+        start: tuple[int, Tensor] | None = None,
+    ) -> Tensor:
+        """Logits of `inputs`. `start` = (layer l, residual (batch, pos, d_model) at block l's
+        input): run blocks l onwards from that residual, the layers below it computed elsewhere
+        (what an intervention in layer l shares with the intact forward)."""
+        first, x = start if start is not None else (0, None)
+        if x is None:
+            x = hooks("embed", self.embed(inputs))  # (batch, pos, d_model)
+            if self.pos_embed is not None:
+                batch, n = x.shape[:2]
+                pos = self.pos_embed.weight[:n].expand(batch, n, -1)  # (batch, pos, d_model)
+                x = x + hooks("pos_embed", pos)
+        for block in self.blocks[first:]:
             x = block(x, hooks)
         return hooks("logits", self.unembed(self.ln_final(x)))  # (batch, pos, d_vocab_out)
 

@@ -17,13 +17,16 @@ from ihlab.sites import HEAD_AXIS, parse_site, site_names
 SCORE_NAMES = ("previous_token", "prefix_matching")  # scores `select` may rank heads by
 
 
-def check_clamps(clamps: dict[str, ClampConfig], model: Any, data: Any) -> None:
+def check_clamps(
+    clamps: dict[str, ClampConfig], model: Any, data: Any, section: str = "clamps"
+) -> None:
     """Check every clamp against a ModelConfig and a DataConfig (the positions the model reads
-    and what its batches offer values); ConfigError naming the clamp's key and the fix."""
+    and what its batches offer values); ConfigError naming the clamp's key
+    (`<section>.<name>`) and the fix."""
     sites = site_names(model.n_layers, model.attn_only, model.positional.value == "learned")
     n_pos = data.model_positions
     for name, c in clamps.items():
-        key = f"clamps.{name}"
+        key = f"{section}.{name}"
 
         def fail(msg: str, key: str = key) -> ConfigError:
             return ConfigError(f"{key}: {msg}")

@@ -12,8 +12,8 @@ on which family it is. A family is one module under `ihlab/data/` (a config data
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -21,13 +21,16 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 
-from ihlab.metrics.heads import head_scores
+from ihlab.metrics.heads import HeadTerms, head_score_terms, head_scores
 from ihlab.metrics.loss_profile import ExampleLoss
 from ihlab.model import ModelIO
 from ihlab.runs.files import PER_TOKEN_LOSS
 from ihlab.seeding import generator
 
 Batch = dict[str, Tensor]
+# A scalar as per-sequence terms: (sums (n,), counts (n,)); the scalar over any set of sequences
+# is sum(sums) / sum(counts), and its change under an intervention is paired sequence by sequence.
+Terms = tuple[Tensor, Tensor]
 PCA_EXAMPLES = 256  # evaluation sequences whose losses the per-token-loss PCA follows
 
 
@@ -77,6 +80,17 @@ class SplitMetrics(torch.nn.Module):
     def compute(self) -> dict[str, Tensor]:
         """The split's scalars, by name (logged as eval[/<split>]/<name>)."""
         return {"loss": self.loss.compute(), "acc": self.acc.compute()}
+
+    def terms(
+        self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor
+    ) -> dict[str, Terms]:
+        """Each scalar of `compute` as per-sequence terms (`Terms`), for intervals paired over
+        sequences: what `update` accumulates, kept sequence by sequence (float64)."""
+        n = token_loss.shape[0]
+        loss = token_loss.detach().reshape(n, -1).double()  # (seq, positions)
+        correct = (logits.argmax(dim=-1) == targets).reshape(n, -1).double()
+        count = torch.full((n,), float(loss.shape[1]), dtype=torch.float64, device=loss.device)
+        return {"loss": (loss.sum(dim=1), count), "acc": (correct.sum(dim=1), count)}
 
     def rows(self) -> dict[str, Tensor]:
         """The split's vectors, by table name (one row per evaluation in the run's tables)."""
@@ -166,6 +180,10 @@ class DataFamily(ABC):
         """Scores of every head from the probe batch's patterns: name -> (layer, head)."""
         return head_scores(patterns, probe["ids"])
 
+    def head_score_terms(self, patterns: list[Tensor], batch: Batch) -> dict[str, HeadTerms]:
+        """`score_heads` sequence by sequence (metrics.heads.head_score_terms)."""
+        return head_score_terms(patterns, batch["ids"])
+
 
 FAMILIES: dict[type, type[DataFamily]] = {}  # config class -> family class
 FAMILY_CONFIGS: dict[str, type] = {}  # conf/data/<name>.yaml -> config class
@@ -180,6 +198,17 @@ def register_family(name: str, config: type) -> Callable[[type[DataFamily]], typ
         return family
 
     return register
+
+
+def family_config_of(keys: Iterable[str]) -> type:
+    """The registered data config whose fields are exactly `keys` (a run's resolved `data`
+    section names no family; its keys tell which). ValueError if none or several match."""
+    wanted = set(keys)
+    found = [c for c in FAMILY_CONFIGS.values() if {f.name for f in fields(c)} == wanted]
+    if len(found) != 1:
+        known = {name: sorted(f.name for f in fields(c)) for name, c in FAMILY_CONFIGS.items()}
+        raise ValueError(f"data keys {sorted(wanted)} match no single data family: {known}")
+    return found[0]
 
 
 def make_family(cfg: Any, seed: int) -> DataFamily:

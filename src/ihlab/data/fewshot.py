@@ -31,7 +31,7 @@ from ihlab.data.base import (
     register_family,
 )
 from ihlab.errors import ConfigError
-from ihlab.metrics.heads import head_scores
+from ihlab.metrics.heads import HeadTerms, head_score_terms, head_scores
 from ihlab.model import ModelIO
 from ihlab.seeding import generator
 
@@ -374,3 +374,6 @@ class FewShot(DataFamily):
         """Adds Singh et al.'s induction strength (the query's attention to the correct label
         minus to the wrong one)."""
         return head_scores(patterns, probe["ids"], probe["labels"], probe["target"])
+
+    def head_score_terms(self, patterns: list[Tensor], batch: Batch) -> dict[str, HeadTerms]:
+        return head_score_terms(patterns, batch["ids"], batch["labels"], batch["target"])

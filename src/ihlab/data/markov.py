@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ihlab.data.base import Batch, LearningTime, SplitMetrics, register_family
+from ihlab.data.base import Batch, LearningTime, SplitMetrics, Terms, register_family
 from ihlab.data.tokens import TokenDataConfig, TokenFamily, TokenSplitMetrics
 from ihlab.errors import ConfigError
 from ihlab.model import ModelIO
@@ -144,6 +144,23 @@ class MarkovSplitMetrics(TokenSplitMetrics):
         out.update({name: metric.compute() for name, metric in self.predictors.items()})
         out["loss_uniform"] = torch.tensor(math.log(self.n_states))
         out["excess_loss"] = out["loss"] - out["loss_bigram"]
+        return out
+
+    def terms(
+        self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor
+    ) -> dict[str, Terms]:
+        out = super().terms(batch, logits, targets, token_loss)
+        loss, count = out["loss"]
+        model = logits.detach().double().log_softmax(dim=-1)  # (b, pos, k)
+        for name, predictor in in_context_predictors(
+            batch["tokens"].to(logits.device), self.n_states, self.alpha
+        ).items():
+            nll = -predictor.gather(-1, targets[..., None])[..., 0]  # (b, pos)
+            kl = (predictor.exp() * (predictor - model)).sum(dim=-1)  # (b, pos)
+            out[f"loss_{name}"] = (nll.sum(dim=1), count)
+            out[f"kl_{name}"] = (kl.sum(dim=1), count)
+        out["loss_uniform"] = (count * math.log(self.n_states), count)
+        out["excess_loss"] = (loss - out["loss_bigram"][0], count)
         return out
 
 

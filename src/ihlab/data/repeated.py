@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ihlab.data.base import Batch, LearningTime, SplitMetrics, register_family
+from ihlab.data.base import Batch, LearningTime, SplitMetrics, Terms, register_family
 from ihlab.data.tokens import TokenDataConfig, TokenFamily, TokenSplitMetrics
 from ihlab.errors import ConfigError
 from ihlab.model import ModelIO
@@ -109,6 +109,17 @@ class RepeatedSplitMetrics(TokenSplitMetrics):
     def compute(self) -> dict[str, Tensor]:
         first, repeat = self.loss_first.compute(), self.loss_repeat.compute()
         return {**super().compute(), "loss_first": first, "loss_repeat": repeat}
+
+    def terms(
+        self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor
+    ) -> dict[str, Terms]:
+        repeat = batch["repeat_mask"].double()  # (seq, pos)
+        loss = token_loss.detach().double()
+        return {
+            **super().terms(batch, logits, targets, token_loss),
+            "loss_first": ((loss * (1 - repeat)).sum(dim=1), (1 - repeat).sum(dim=1)),
+            "loss_repeat": ((loss * repeat).sum(dim=1), repeat.sum(dim=1)),
+        }
 
 
 @register_family("repeated_tokens", RepeatedTokensConfig)

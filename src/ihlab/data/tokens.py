@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ihlab.data.base import Batch, DataConfig, DataFamily, SplitMetrics
+from ihlab.data.base import Batch, DataConfig, DataFamily, SplitMetrics, Terms
 from ihlab.errors import ConfigError
 from ihlab.metrics.loss_profile import PositionalLoss
 from ihlab.runs.files import LOSS_BY_POSITION
@@ -74,6 +74,16 @@ class TokenSplitMetrics(SplitMetrics):
 
     def rows(self) -> dict[str, Tensor]:
         return {**super().rows(), LOSS_BY_POSITION: self.profile.compute()}
+
+    def terms(
+        self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor
+    ) -> dict[str, Terms]:
+        early, late = self.icl
+        icl = (token_loss[:, late] - token_loss[:, early]).detach().double()  # (seq,)
+        return {
+            **super().terms(batch, logits, targets, token_loss),
+            "icl_score": (icl, icl * 0 + 1),
+        }
 
 
 class TokenFamily(DataFamily):

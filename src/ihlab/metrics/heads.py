@@ -1,6 +1,9 @@
 """Per-head attention scores (Olsson et al. 2022), computed from cached attention patterns.
 
-Every function takes one layer's pattern, (batch, head, query, key), and returns one score per head.
+Every score function takes one layer's pattern, (batch, head, query, key), and returns one score
+per head. The `*_terms` functions give the same scores sequence by sequence, as (sums (batch,
+head), counts (batch,)): summed over sequences and divided, they are the score; kept apart, they
+give intervals paired over sequences (ihlab-dissect).
 """
 
 from __future__ import annotations
@@ -75,3 +78,55 @@ def head_scores(
             [induction_strength(p, labels, target) for p in patterns]
         )
     return scores
+
+
+HeadTerms = tuple[Tensor, Tensor]  # sums (batch, ...), counts (batch,)
+
+
+def previous_token_terms(pattern: Tensor) -> HeadTerms:
+    """`previous_token_score` sequence by sequence."""
+    previous = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # (batch, head, query - 1)
+    counts = torch.full((pattern.shape[0],), previous.shape[-1], dtype=torch.float64)
+    return previous.double().sum(dim=-1), counts.to(pattern.device)
+
+
+def prefix_matching_terms(pattern: Tensor, ids: Tensor) -> HeadTerms:
+    """`prefix_matching_score` sequence by sequence: the attention to the targets summed over
+    a sequence's queries that have one, and how many such queries it has."""
+    targets = induction_targets(ids)  # (batch, query, key)
+    has_target = targets.any(dim=-1)  # (batch, query)
+    on_target = (pattern.double() * targets[:, None]).sum(dim=-1)  # (batch, head, query)
+    sums = (on_target * has_target[:, None]).sum(dim=-1)  # (batch, head)
+    return sums, has_target.double().sum(dim=-1)
+
+
+def induction_strength_terms(pattern: Tensor, labels: Tensor, target: Tensor) -> HeadTerms:
+    """`induction_strength` sequence by sequence (one query per sequence)."""
+    query = pattern[:, :, -1].double()  # (batch, head, key)
+    is_label = labels >= 0  # (batch, key)
+    correct = (is_label & (labels == target[:, None]))[:, None]  # (batch, 1, key)
+    wrong = (is_label & (labels != target[:, None]))[:, None]
+    values = (query * correct).sum(-1) - (query * wrong).sum(-1)  # (batch, head)
+    return values, torch.ones(pattern.shape[0], dtype=torch.float64, device=pattern.device)
+
+
+def head_score_terms(
+    patterns: list[Tensor],
+    ids: Tensor,
+    labels: Tensor | None = None,
+    target: Tensor | None = None,
+) -> dict[str, HeadTerms]:
+    """`head_scores` sequence by sequence: name -> (sums (batch, layer, head), counts (batch,))."""
+
+    def stacked(terms: list[HeadTerms]) -> HeadTerms:
+        return torch.stack([t[0] for t in terms], dim=1), terms[0][1]
+
+    out = {
+        "previous_token": stacked([previous_token_terms(p) for p in patterns]),
+        "prefix_matching": stacked([prefix_matching_terms(p, ids) for p in patterns]),
+    }
+    if labels is not None and target is not None:
+        out["induction_strength"] = stacked(
+            [induction_strength_terms(p, labels, target) for p in patterns]
+        )
+    return out

@@ -11,16 +11,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ihlab.clamps.checks import check_clamps
 from ihlab.clamps.spec import ClampConfig
 from ihlab.data import FAMILY_CONFIGS, DataConfig
+from ihlab.data.base import family_config_of
 from ihlab.errors import ConfigError, to_config
 from ihlab.model import ModelConfig
+from ihlab.runs.files import RunFiles
 from ihlab.runs.naming import register_resolvers
 from ihlab.tracking.wandb_run import WandbConfig
 from ihlab.train.optim import OptimConfig
@@ -145,3 +149,17 @@ def register_configs() -> None:
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Validated dataclasses from a composed config; ConfigError names the bad key and the fix."""
     return to_config(cfg, TrainConfig)
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The validated config a run trained with, from its `.hydra/resolved.yaml` (its data family
+    told by its data keys, `family_config_of`); ConfigError naming the file if it cannot be read
+    or no longer validates."""
+    path = RunFiles(Path(run_dir)).resolved
+    try:
+        stored = OmegaConf.load(path)
+        schema = OmegaConf.structured(TrainConfig)
+        schema.data = OmegaConf.structured(family_config_of(stored.data.keys()))
+        return to_config(OmegaConf.merge(schema, stored), TrainConfig)
+    except (OSError, ValueError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{path}: not a readable ihlab-train config ({err}).") from None
