@@ -95,8 +95,8 @@ def prefix_matching_terms(pattern: Tensor, ids: Tensor) -> HeadTerms:
     a sequence's queries that have one, and how many such queries it has."""
     targets = induction_targets(ids)  # (batch, query, key)
     has_target = targets.any(dim=-1)  # (batch, query)
-    on_target = (pattern.double() * targets[:, None]).sum(dim=-1)  # (batch, head, query)
-    sums = (on_target * has_target[:, None]).sum(dim=-1)  # (batch, head)
+    on_target = (pattern * targets[:, None]).sum(dim=-1)  # (batch, head, query)
+    sums = (on_target.double() * has_target[:, None]).sum(dim=-1)  # (batch, head)
     return sums, has_target.double().sum(dim=-1)
 
 
