@@ -73,9 +73,10 @@ def plot_attribution(
                 if not math.isnan(at):
                     x = float(np.interp(at, steps, range(len(steps))))
                     ax.axvline(x, color="k", linestyle=style, linewidth=1)
-        ax.set(xlabel="step", ylabel="head ablated", title=f"{condition}: change of {metric}")
+        title = f"{condition}\nchange of {metric} ({split}) with each head ablated alone"
+        ax.set(xlabel="step (dashed: phase-change onset, dotted: end)", ylabel="head ablated")
+        ax.set_title(title, fontsize=10)
         fig.colorbar(image, ax=ax)
-    fig.suptitle(f"{split}: change when each head is ablated alone; dashed: onset, dotted: end")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
