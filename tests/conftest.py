@@ -131,6 +131,18 @@ def reference_seed1(shared_runs: SharedRuns) -> Path:
     return shared_runs.get("reference_seed1", *RUN, "seed=1")
 
 
+@pytest.fixture(scope="session")
+def induction_2l(shared_runs: SharedRuns) -> Path:
+    """`ihlab-train experiment=induction_2l` as the README runs it (seed 0, 1500 steps)."""
+    return shared_runs.get("induction_2l", "experiment=induction_2l")
+
+
+@pytest.fixture(scope="session")
+def fewshot_fast(shared_runs: SharedRuns) -> Path:
+    """`ihlab-train experiment=fewshot_fast` as the README runs it (seed 0, 5000 steps)."""
+    return shared_runs.get("fewshot_fast", "experiment=fewshot_fast")
+
+
 @pytest.fixture
 def make_config() -> Callable[..., TrainConfig]:
     def make(*overrides: str) -> TrainConfig:

@@ -9,11 +9,8 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from conftest import SharedRuns
 
 pytestmark = pytest.mark.slow
 
@@ -64,20 +61,14 @@ def test_smeared_keys_give_a_one_layer_model_induction_and_plain_keys_do_not(
     assert len(scored) == 9 * 4 and max(scored) < 0.02 + 0.02  # measured 0.023-0.025
 
 
-@pytest.fixture(scope="session")
-def fewshot_fast(shared_runs: SharedRuns) -> tuple[dict[str, Any], Path]:
-    """`ihlab-train experiment=fewshot_fast` as the README runs it (seed 0, 5000 steps)."""
-    run_dir = shared_runs.get("fewshot_fast", "experiment=fewshot_fast")
-    return json.loads((run_dir / "summary.json").read_text()), run_dir
-
-
 def test_fewshot_fast_plateaus_at_ln2_then_generalizes_to_new_pairs_and_classes(
     fewshot_fast,
 ) -> None:
     """README: a plateau at ln 2 (0.68-0.75) from step ~300 to ~1200, learning time 1700 (seeds
     0-4: 1500-2100), phase change onset 1000, steepest 1500, end 2000; at 5000 steps accuracy
     0.996 (train), 0.99 (held-out pairs and exemplars) and 0.98 (unseen classes)."""
-    summary, run_dir = fewshot_fast
+    run_dir = fewshot_fast
+    summary = json.loads((run_dir / "summary.json").read_text())
     losses = curve(read_rows(run_dir), "eval/train/loss")
     learned = first_below(losses, 0.4 * LN_2)
     assert summary["learning_time"]["step"] == learned  # recomputed from metrics.csv
@@ -104,7 +95,7 @@ def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
     short = ("experiment=fewshot_fast", "data.eval_size=500", "trainer.score_every=0")
     prev = run_training(*short, "clamps=prev_token", "trainer.max_steps=1200", name="prev")
     a = run_training(*short, "clamps=subcircuit_a", "trainer.max_steps=600", name="a")
-    free_at = fewshot_fast[0]["learning_time"]["step"]
+    free_at = json.loads((fewshot_fast / "summary.json").read_text())["learning_time"]["step"]
     prev_at, a_at = prev["learning_time"]["step"], a["learning_time"]["step"]
     assert free_at is not None and prev_at is not None and a_at is not None
     assert abs(prev_at - 700) <= 200  # measured: 700 (seeds 0-2: 700-1000)

@@ -172,14 +172,14 @@ def test_offline_wandb_run_holds_the_logged_keys(run_training, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_induction_2l_shows_the_induction_phase_change(run_training, tmp_path: Path) -> None:
+def test_induction_2l_shows_the_induction_phase_change(induction_2l: Path) -> None:
     """README: the repeated-segment loss leaves ln 64 at ~400 steps and is below 10% of it by
     ~900 while the first segment stays at ln 64; the best layer-1 prefix matching rises 0.04 ->
     0.6 and the best layer-0 previous-token score 0.06 -> 0.5. Margins for seed and platform noise
     are stated beside each threshold, with what seed 0 measured."""
-    summary = run_training("experiment=induction_2l")
+    summary = json.loads((induction_2l / "summary.json").read_text())
     ln_vocab = math.log(64)
-    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    rows = read_metrics(induction_2l / "metrics.csv")
     repeat = [(int(r["step"]), r["eval/loss_repeat"]) for r in rows if "eval/loss_repeat" in r]
     first = [r["eval/loss_first"] for r in rows if "eval/loss_first" in r]
     assert all(v > 0.85 * ln_vocab for step, v in repeat if step <= 300)  # measured >= 3.70
