@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, ValidationError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, ValidationError
 
 T = TypeVar("T")
 
@@ -28,6 +28,13 @@ def to_config(cfg: DictConfig, schema: type[T]) -> T:
         ) from err
     except ValidationError as err:
         raise ConfigError(f"{err.full_key}: {err.msg}") from err
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err  # a ConfigError of one of the lab's resolvers, if any
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ConfigError(f"{err.full_key}: {cause}") from err
     if not isinstance(config, schema):
         raise ConfigError(f"the config is not a {schema.__name__}: compose it from its YAML file.")
     return config

@@ -46,6 +46,30 @@ class Positional(str, Enum):
     none = "none"
 
 
+class Init(str, Enum):
+    """How weights start (biases always at 0, LayerNorms at gain 1, bias 0).
+
+    - `normal`: every linear map and embedding table N(0, init_std^2) (GPT-2's scheme);
+    - `lecun`: Singh et al.'s: every linear map (attention q/k/v and output, MLP, exemplar
+      embedding, unembedding) LeCun normal, a normal truncated at two standard deviations and
+      rescaled so its std is exactly 1/sqrt(fan_in) (0.125 at width 64; 0.044 for 512-d
+      exemplars); embedding tables (labels, tokens, learned positions) 0.02 x a standard normal
+      truncated to [-2, 2] (std 0.0176). `init_std` is not used.
+    """
+
+    normal = "normal"
+    lecun = "lecun"
+
+
+TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+EMBED_SCALE = 0.02  # lecun: the embedding tables' scale
+
+
+def truncated_normal_(weight: Tensor, std: float) -> Tensor:
+    """In place: std x (a standard normal truncated to [-2, 2]); its std is std x TRUNC_STD."""
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
 @dataclass
 class ModelConfig:
     """Shape of the transformer; input and output sizes come from the data (ModelIO)."""
@@ -62,9 +86,17 @@ class ModelConfig:
     norm: bool = True  # pre-LayerNorm in every block plus a final LayerNorm
     bias: bool = False  # biases of q/k/v, output projection and MLP
     unembed_bias: bool = True
-    init_std: float = 0.02
+    init: Init = Init.normal
+    init_std: float = 0.02  # init=normal
 
     def __post_init__(self) -> None:
+        try:
+            self.init = Init(self.init)
+        except ValueError:
+            raise ConfigError(
+                f"model.init={self.init} is not an init scheme. Fix: set model.init to one of "
+                f"{', '.join(i.value for i in Init)}."
+            ) from None
         for key in ("n_layers", "n_heads", "d_model"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1.")
@@ -241,10 +273,16 @@ class Transformer(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
+        if not isinstance(module, nn.Linear | nn.Embedding):
+            return
+        if self.cfg.init == Init.normal:
             nn.init.normal_(module.weight, std=self.cfg.init_std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):  # weight (out, in): fan_in = in
+            truncated_normal_(module.weight, module.in_features**-0.5 / TRUNC_STD)
+        else:
+            truncated_normal_(module.weight, EMBED_SCALE)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
     def embed(self, inputs: dict[str, Tensor]) -> Tensor:
         """Token or exemplar/label embedding, (batch, pos, d_model)."""
@@ -299,4 +337,5 @@ def from_shape_state(state: dict[str, Any]) -> tuple[ModelConfig, ModelIO]:
     """Inverse of `shape_state`."""
     model = dict(state["model"])
     model["positional"] = Positional(model["positional"])
+    model["init"] = Init(model.get("init", Init.normal))  # a state without `init` used normal
     return ModelConfig(**model), ModelIO(**state["io"])

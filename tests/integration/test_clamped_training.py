@@ -20,9 +20,10 @@ SHORT = ("trainer.max_steps=40", "trainer.eval_every=20", "trainer.score_every=2
 def test_clamp_group_names_the_condition(make_config) -> None:
     assert make_config(*FEWSHOT).condition == "baseline"
     assert make_config(*FEWSHOT, "clamps=match_copy").condition == "match+copy"
-    config = make_config(*FEWSHOT, "clamps=[single_head,prev_token]")
-    assert config.condition == "single_head+prev_token"
-    assert make_config(*FEWSHOT, "clamps=single_head_copy").clamps["copy"].heads == [0]
+    config = make_config(*FEWSHOT, "clamps=[one_head,prev_token]", "named_heads.kept=[0]")
+    assert config.condition == "one_head+prev_token"
+    copy = make_config(*FEWSHOT, "clamps=singh_copy", "named_heads.kept=[6]")
+    assert copy.clamps["copy"].heads == copy.clamps["one_head"].heads == [6]
     assert make_config(*FEWSHOT, "clamps=prev_token", "condition=mine").condition == "mine"
 
 

@@ -190,8 +190,8 @@ CLAMPED_CONFIGS = {
     "mean": ["clamps=custom", "clamps.custom.site=blocks.0.attn.z", "clamps.custom.value=mean"],
     "prev_token": ["clamps=prev_token"],
     "match_copy": ["clamps=match_copy"],
-    "multipass": ["clamps=subcircuit_a"],
-    "single_head": ["clamps=single_head"],
+    "prev_token_input": ["clamps=subcircuit_a"],
+    "ablate_others": ["clamps=one_head", "named_heads.kept=[2]"],
     "pattern_preserving": [
         "clamps=custom",
         "clamps.custom.site=blocks.0.attn.z",

@@ -33,6 +33,7 @@ DEFERRED = {
     ("ihlab.probe.models", "safetensors.torch"): "the probe extra",
     ("ihlab.probe.attention", "transformers"): "the probe extra",
     ("ihlab.probe.attention", "transformers.masking_utils"): "the probe extra",
+    ("ihlab.data.image_features", "torchvision"): "optional: only the ResNet extractor",
 }
 
 

@@ -19,7 +19,7 @@ from ihlab.clamps.engine import ClampSet, build_clamp_set
 from ihlab.clamps.spec import ClampConfig, HeadSelect, Window
 from ihlab.clamps.values import VALUES
 from ihlab.clamps.values.mean import ReferenceInputs
-from ihlab.clamps.values.multipass import shifted
+from ihlab.clamps.values.prev_token_input import previous_token_input
 from ihlab.data.fewshot import FewShotConfig
 from ihlab.data.repeated import RepeatedTokensConfig
 from ihlab.errors import ConfigError
@@ -214,53 +214,19 @@ def test_perfect_copy_gives_the_heads_scores_to_the_context_labels() -> None:
     train_and_check(clamp_set(copy=cfg), ["logits", scores], check)
 
 
-def previous_position(x: Tensor) -> Tensor:
-    """(batch, pos, d): position i holds x[:, i - 1], position 0 its own value; by hand."""
-    out = x.clone()
-    for i in range(1, x.shape[1]):
-        out[:, i] = x[:, i - 1]
-    return out
+def test_previous_token_input_reads_the_previous_position_but_at_the_ends() -> None:
+    x = torch.arange(15.0).view(1, 5, 3)  # position i holds 3i, 3i + 1, 3i + 2
+    expected = torch.tensor([[[0.0, 1, 2], [0, 1, 2], [3, 4, 5], [6, 7, 8], [12, 13, 14]]])
+    assert torch.equal(previous_token_input(x), expected)
 
 
-def test_shifted_reads_the_previous_position_never_the_next() -> None:
-    x = torch.arange(12.0).view(1, 4, 3)  # position i holds 3i, 3i + 1, 3i + 2
-    expected = torch.tensor([[[0.0, 1, 2], [0, 1, 2], [3, 4, 5], [6, 7, 8]]])
-    assert torch.equal(shifted(x), expected)
-    assert torch.equal(previous_position(x), expected)
-
-
-def test_multipass_layer1_clamp() -> None:
-    """The clamped pass holds layer 0's output at the embeddings, and layer 1's patterns at those
-    of a pass whose layer-0 output is the embeddings plus the previous position's embeddings."""
-    site, embed, pattern = "blocks.0.resid_post", "blocks.0.resid_pre", "blocks.1.attn.pattern"
-
-    def check(model, batch, cache):
-        assert torch.equal(cache[site], cache[embed])
-        hooks = SiteHooks(cache=[embed, pattern])
-        hooks.add_intervention(
-            site, lambda x: hooks.cache[embed] + previous_position(hooks.cache[embed])
-        )
-        model(inputs_of(batch), hooks)
-        assert torch.equal(cache[pattern], hooks.cache[pattern])
-        unclamped = clean(model, batch, [pattern])[pattern]
-        assert not torch.allclose(cache[pattern], unclamped)  # the clamp changed them
-
-    cfg = ClampConfig(site=site, value="multipass")
-    train_and_check(clamp_set(a=cfg), [site, embed, pattern], check)
-
-
-@pytest.mark.parametrize("tokens", [False, True])
-def test_multipass_is_causal(tokens: bool) -> None:
+def test_prev_token_input_is_causal() -> None:
     """Changing the input at position j never changes any clamped site at positions before j:
-    the first pass reads the previous position, not the next one (a leak from the future)."""
+    the pattern pass reads the previous position, not the next one (a leak from the future)."""
     sites = ["blocks.0.resid_post", "blocks.1.attn.pattern", "blocks.1.attn.z", "logits"]
-    io = TOKENS_IO if tokens else FEWSHOT_IO
-    torch.manual_seed(0)
-    model = Transformer(MODEL, io)
-    clamps = build_clamp_set(
-        {"a": ClampConfig(site="blocks.0.resid_post", value="multipass")}, MODEL, io
-    )
-    batch = inputs_of(token_batch(0) if tokens else fewshot_batch(0))
+    model = fewshot_model()
+    clamps = clamp_set(a=ClampConfig(site="blocks.0.resid_post", value="prev_token_input"))
+    batch = inputs_of(fewshot_batch(0))
 
     def forward(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         hooks = clamps.hooks(ClampContext(inputs, None, 0), sites, model)
@@ -269,11 +235,9 @@ def test_multipass_is_causal(tokens: bool) -> None:
         return hooks.cache
 
     before = forward(batch)
-    for j in (1, 2, 4) if not tokens else (1, 12, 22):
+    for j in (1, 2, 4):
         changed = {k: v.clone() for k, v in batch.items()}
-        if tokens:
-            changed["tokens"][:, j] = (changed["tokens"][:, j] + 1) % io.d_vocab
-        elif j % 2:
+        if j % 2:
             changed["labels"][:, j] = (changed["labels"][:, j] + 1) % N_LABELS  # a label
         else:
             changed["features"][:, j] += 1.0  # an exemplar
@@ -359,7 +323,10 @@ REGISTRY_EXAMPLES = {  # value -> (clamp, token data?)
     "match": (ClampConfig(site="blocks.1.attn.pattern", value="match", heads=[0]), False),
     "induction": (ClampConfig(site="blocks.1.attn.pattern", value="induction"), True),
     "copy": (ClampConfig(site="logits", value="copy", source="blocks.1.attn.scores"), False),
-    "multipass": (ClampConfig(site="blocks.0.resid_post", value="multipass"), False),
+    "prev_token_input": (
+        ClampConfig(site="blocks.0.resid_post", value="prev_token_input"),
+        False,
+    ),
     "graft": (ClampConfig(site="blocks.0.resid_post", value="graft"), False),
     "pattern_preserving": (ClampConfig(site="blocks.0.attn.z", value="pattern_preserving"), False),
     "value_preserving": (ClampConfig(site="blocks.0.attn.v", value="value_preserving"), False),
@@ -551,7 +518,7 @@ def test_values_computed_from_parameters_pass_gradient_through_their_computation
     assert torch.all(g["unembed.weight"] == 0)  # the query's logits no longer come from it
     assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 0) != 0)  # but from the scores
 
-    g = grads(clamp_set(a=ClampConfig(site="blocks.0.resid_post", value="multipass")))
+    g = grads(clamp_set(a=ClampConfig(site="blocks.0.resid_post", value="prev_token_input")))
     assert torch.all(g["blocks.0.attn.qkv.weight"] == 0)  # layer 0 is replaced entirely
     assert torch.any(g["embed_features.weight"] != 0)
     assert torch.any(qkv_rows(g["blocks.1.attn.qkv.weight"], 1) != 0)
@@ -588,7 +555,8 @@ BAD = [
     ({"site": PAT1, "value": "induction"}, FEW, "needs token data"),
     ({"site": "logits", "value": "copy", "source": "blocks.1.attn.scores"}, TOK, "few-shot"),
     ({"site": "logits", "value": "copy", "source": "blocks.1.attn.z"}, FEW, "source="),
-    ({"site": "blocks.1.resid_post", "value": "multipass"}, FEW, "l < 1"),
+    ({"site": "blocks.1.resid_post", "value": "prev_token_input"}, FEW, "l < 1"),
+    ({"site": "blocks.0.resid_post", "value": "prev_token_input"}, TOK, "needs few-shot data"),
     ({"site": "blocks.1.attn.v", "value": "ablate_others"}, FEW, "needs heads"),
     ({"site": Z0, "value": "graft", "checkpoint": "nowhere.ckpt"}, FEW, "does not exist"),
     ({"site": Z0, "positions": [9]}, FEW, "position 9"),

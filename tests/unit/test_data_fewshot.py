@@ -374,3 +374,13 @@ def test_structured_config_round_trip() -> None:
     conf = OmegaConf.merge(OmegaConf.structured(FewShotConfig), {"features": "gaussian"})
     cfg = OmegaConf.to_object(conf)
     assert cfg == FewShotConfig() and cfg.features is FeatureSource.gaussian
+
+
+@pytest.mark.parametrize("n_labels, held_out", [(5, 2), (10, 9), (15, 21), (2, 0)])
+def test_held_out_label_pairs_default_to_singhs_proportion(n_labels: int, held_out: int) -> None:
+    """Singh et al. held out 2 of 10, 9 of 45 and 21 of 105 label pairs (a fifth)."""
+    cfg = replace(CFG, n_labels=n_labels, n_holdout_pairs=None)
+    assert cfg.n_holdout_pairs == held_out
+    family = FewShot(cfg, seed=0)
+    assert len(family.heldout_pairs) == held_out
+    assert len(family.train_pairs) == n_labels * (n_labels - 1) // 2 - held_out

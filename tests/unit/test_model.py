@@ -246,3 +246,33 @@ def test_intervention_replaces_a_site_and_the_cache_shows_the_replacement() -> N
 def test_bad_model_config_names_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         ModelConfig(**overrides)
+
+
+def test_lecun_init_is_singhs_truncated_lecun_normal() -> None:
+    """Singh et al.'s init: linear maps truncated at 2 sigma with std exactly 1/sqrt(fan_in),
+    biases 0; embedding tables 0.02 x a standard normal truncated to [-2, 2] (not rescaled)."""
+    from scipy.stats import truncnorm
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, n_heads=8, d_model=64, positional=Positional.rope, init="lecun")
+    io = ModelIO(n_ctx=5, d_features=512, n_labels=200, d_vocab_out=200)
+    model = Transformer(cfg, io)
+    trunc = float(truncnorm(-2, 2).std())  # 0.8796
+    linear = {
+        "blocks.0.attn.qkv.weight": 64**-0.5,
+        "blocks.1.attn.out.weight": 64**-0.5,
+        "embed_features.weight": 512**-0.5,
+        "unembed.weight": 64**-0.5,
+    }
+    params = dict(model.named_parameters())
+    for name, std in linear.items():
+        w = params[name]
+        assert w.std().item() == pytest.approx(std, rel=0.03), name
+        assert w.abs().max().item() <= 2 * std / trunc + 1e-7, name
+        assert w.abs().max().item() >= 1.9 * std / trunc, name  # truncated, not narrower
+    labels = params["embed_labels.weight"]
+    assert labels.std().item() == pytest.approx(0.02 * trunc, rel=0.03)
+    assert 0.038 <= labels.abs().max().item() <= 0.04 + 1e-7
+    for name in ("embed_features.bias", "unembed.bias"):
+        assert torch.count_nonzero(params[name]) == 0
+    assert "blocks.0.attn.qkv.bias" not in params and "blocks.0.attn.out.bias" not in params

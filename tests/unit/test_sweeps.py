@@ -60,7 +60,10 @@ def test_there_are_sweep_files() -> None:
     assert [p.name for p in SWEEPS] == [
         "data_dependence.yaml",
         "singh_clamps.yaml",
-        "singh_clamps_ensembles.yaml",
+        "singh_fig4b.yaml",
+        "singh_fig5b.yaml",
+        "singh_fig6_classes.yaml",
+        "singh_fig6_labels.yaml",
         "singh_scaling.yaml",
         "smeared_vs_plain.yaml",
     ]

@@ -14,7 +14,7 @@ values of a pattern/value-preserving ablation).
 
 Each value is a class in `ihlab.clamps.values`, registered by name (one module per family of
 values: its check, whether it needs another forward, its gradient rule). Values computed by
-another forward (mean, graft, pattern/value-preserving, multipass) run it here, before the
+another forward (mean, graft, pattern/value-preserving, prev_token_input) run it here, before the
 clamped forward, with the "direct" clamps (every clamp that needs no pass) active.
 
 `ClampSet.hooks` is the one assembly of a clamped forward's `SiteHooks`: the lab's model (single

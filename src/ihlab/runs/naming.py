@@ -1,15 +1,17 @@
-"""How run directories are named: the config resolvers that `conf/train.yaml` uses to build
-`outputs/<experiment>/<time>_<condition>_s<seed>` (and a multirun's `<job>_<condition>_s<seed>`),
-and to resume in a checkpoint's own run directory. `ihlab-compare` registers them too, to read
-the unresolved `.hydra/config.yaml` of runs that have no `resolved.yaml`."""
+"""The config resolvers of `conf/`: how run directories are named
+(`outputs/<experiment>/<time>_<condition>_s<seed>`, a multirun's `<job>_<condition>_s<seed>`, a
+resume in a checkpoint's own run directory) and the heads an experiment names for clamp presets.
+`ihlab-compare` registers them too, to read the unresolved `.hydra/config.yaml` of runs that have
+no `resolved.yaml`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from ihlab.errors import ConfigError
 from ihlab.runs.files import CHECKPOINTS
 
 
@@ -42,8 +44,27 @@ def run_dir_of(ckpt_path: str | None, new_dir: str) -> str:
     return new_dir
 
 
+def named_heads(name: str, _root_: DictConfig) -> list[int] | None:
+    """`${named_heads:kept}` in a clamp preset: the heads the experiment names `kept`.
+
+    A preset is merged on its own first (its root has no `named_heads`): None there. In the
+    composed config, a name the experiment does not give is a ConfigError naming the fix.
+    """
+    if "named_heads" not in _root_:
+        return None
+    heads = _root_.named_heads.get(name)
+    if heads is None:
+        raise ConfigError(
+            f"this clamp preset keeps or clamps the heads named_heads.{name}, which the "
+            "experiment does not name. Fix: use an experiment that names them "
+            f"(experiment=fewshot_singh_cpu) or set named_heads.{name}=[HEAD]."
+        )
+    return list(heads)
+
+
 def register_resolvers() -> None:
     """Make the resolvers available to OmegaConf (idempotent)."""
     OmegaConf.register_new_resolver("clamp_condition", clamp_condition, replace=True)
     OmegaConf.register_new_resolver("ihlab_run_dir", run_dir_of, replace=True)
     OmegaConf.register_new_resolver("ihlab_seed_tag", seed_tag, replace=True)
+    OmegaConf.register_new_resolver("named_heads", named_heads, replace=True)

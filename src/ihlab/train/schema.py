@@ -107,6 +107,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     clamps: dict[str, ClampConfig] = field(default_factory=dict)  # name -> clamp (clamps/spec.py)
+    # Heads an experiment names for its clamp presets, read as ${named_heads.<name>}: e.g. the
+    # few-shot experiments' `kept` layer-2 head and `prev_token` layer-1 head (Singh et al.).
+    named_heads: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, DataConfig):

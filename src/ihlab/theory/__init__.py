@@ -1,0 +1,1 @@
+"""Models solved numerically beside the trained ones (Singh et al.'s interacting subcircuits)."""
