@@ -44,6 +44,13 @@ FIG6_COLUMNS = {  # condition prefix -> the paper's column title
 }
 
 
+def style(ax: plt.Axes, title: str = "") -> None:
+    """The paper's axes: training loss 0-1.5 against sequences seen, in scientific notation."""
+    ax.set(xlabel="# sequences seen", ylim=(0, 1.5), title=title)
+    ax.title.set_fontsize(9)
+    ax.ticklabel_format(style="sci", axis="x", scilimits=(0, 0))
+
+
 def runs_of(study: Path) -> dict[str, list[tuple[int, dict, dict[int, float]]]]:
     """condition -> [(batch size, summary, {step: training loss})] over the study's runs."""
     out = defaultdict(list)
@@ -95,8 +102,8 @@ def figure_4b(study: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, c in enumerate(order):
         ax.plot(*mean_curve(runs[c]), color=plt.cm.viridis(i / 7), label=c.replace("only_", ""))
-    ax.set(xlabel="# sequences seen", ylabel="training loss", ylim=(0, 1.5))
-    ax.set_title("Figure 4b (CPU scale): one layer-2 head trained alone", fontsize=9)
+    style(ax, "Figure 4b (CPU scale): one layer-2 head trained alone (mean of 5 seeds)")
+    ax.set_ylabel("training loss")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(DOCS / "singh_fig4b.png", dpi=120)
@@ -109,8 +116,8 @@ def figure_5b(study: Path) -> None:
     for c, (label, colour) in FIG5B.items():
         if c in runs:
             ax.plot(*mean_curve(runs[c]), color=colour, label=label)
-    ax.set(xlabel="# sequences seen", ylabel="training loss", ylim=(0, 1.5))
-    ax.set_title("Figure 5b (CPU scale): the single-head model under each clamp", fontsize=9)
+    style(ax, "Figure 5b (CPU scale): the single-head model under each clamp (mean of 5 seeds)")
+    ax.set_ylabel("training loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(DOCS / "singh_fig5b.png", dpi=120)
@@ -129,7 +136,7 @@ def figure_6(studies: dict[str, Path]) -> None:
                 c = f"{prefix}_{axis}{n}"
                 if c in runs:
                     ax.plot(*mean_curve(runs[c]), color=plt.cm.plasma(k / 3), label=f"{n} {axis}")
-            ax.set(title=title if row == 0 else "", ylim=(0, 1.5), xlabel="# sequences seen")
+            style(ax, title if row == 0 else "")
             ax.legend(fontsize=7)
         axes[row, 0].set_ylabel("training loss")
         order = [f"{p}_{axis}{n}" for p in FIG6_COLUMNS for n in counts]

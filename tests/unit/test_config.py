@@ -113,6 +113,14 @@ def test_bad_trainer_value_names_the_key(make_config) -> None:
             ["clamps=prev_token", "experiment=fewshot_fast", "clamps.prev_token.heads=[9]"],
             "clamps.prev_token: head 9 does not exist",
         ),
+        (
+            ["experiment=fewshot_fast", "clamps=singh_match"],
+            "clamps.one_head.heads: this clamp preset keeps or clamps the heads named_heads.kept",
+        ),
+        (
+            ["experiment=fewshot_singh_cpu", "clamps=one_head", "named_heads.kept=[8]"],
+            "clamps.one_head: head 8 does not exist",
+        ),
     ],
 )
 def test_every_bad_value_fails_before_any_work_naming_key_and_fix(
@@ -127,6 +135,7 @@ def test_every_bad_value_fails_before_any_work_naming_key_and_fix(
     ("overrides", "key"),
     [
         (["resume=sometimes"], "resume"),
+        (["model.init=glorot"], "model.init"),
         (["replace=maybe"], "replace"),
         (["experiment=fewshot_fast", "data.icl_early=1"], r"data\.icl_early"),  # tokens only
     ],
