@@ -116,7 +116,7 @@ def figure_5b(study: Path) -> None:
     for c, (label, colour) in FIG5B.items():
         if c in runs:
             ax.plot(*mean_curve(runs[c]), color=colour, label=label)
-    style(ax, "Figure 5b (CPU scale): the single-head model under each clamp (mean of 5 seeds)")
+    style(ax, "Figure 5b (CPU scale): one head kept, each clamp (mean of 5 seeds)")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=7)
     fig.tight_layout()

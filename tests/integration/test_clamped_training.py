@@ -20,9 +20,9 @@ SHORT = ("trainer.max_steps=40", "trainer.eval_every=20", "trainer.score_every=2
 def test_clamp_group_names_the_condition(make_config) -> None:
     assert make_config(*FEWSHOT).condition == "baseline"
     assert make_config(*FEWSHOT, "clamps=match_copy").condition == "match+copy"
-    config = make_config(*FEWSHOT, "clamps=[one_head,prev_token]", "named_heads.kept=[0]")
+    config = make_config(*FEWSHOT, "clamps=[one_head,prev_token]", "+named_heads.kept=[0]")
     assert config.condition == "one_head+prev_token"
-    copy = make_config(*FEWSHOT, "clamps=singh_copy", "named_heads.kept=[6]")
+    copy = make_config(*FEWSHOT, "clamps=singh_copy", "+named_heads.kept=[6]")
     assert copy.clamps["copy"].heads == copy.clamps["one_head"].heads == [6]
     assert make_config(*FEWSHOT, "clamps=prev_token", "condition=mine").condition == "mine"
 
@@ -30,7 +30,11 @@ def test_clamp_group_names_the_condition(make_config) -> None:
 def test_every_shipped_clamp_config_validates(make_config) -> None:
     clamp_dir = Path(__file__).parents[2] / "conf" / "clamps"
     for path in sorted(clamp_dir.glob("*.yaml")):
-        base = ("experiment=induction_2l",) if path.stem == "induction" else FEWSHOT
+        base = FEWSHOT
+        if path.stem == "induction":
+            base = ("experiment=induction_2l",)
+        elif path.stem == "one_head" or path.stem.startswith("singh_"):  # read named_heads
+            base = ("experiment=fewshot_singh_cpu",)
         required = {
             "graft": f"clamps.graft.checkpoint={__file__}",
             "custom": "clamps.custom.site=logits",

@@ -191,7 +191,7 @@ CLAMPED_CONFIGS = {
     "prev_token": ["clamps=prev_token"],
     "match_copy": ["clamps=match_copy"],
     "prev_token_input": ["clamps=subcircuit_a"],
-    "ablate_others": ["clamps=one_head", "named_heads.kept=[2]"],
+    "ablate_others": ["clamps=one_head", "+named_heads.kept=[2]"],
     "pattern_preserving": [
         "clamps=custom",
         "clamps.custom.site=blocks.0.attn.z",

@@ -57,7 +57,7 @@ def named_heads(name: str, _root_: DictConfig) -> list[int] | None:
         raise ConfigError(
             f"this clamp preset keeps or clamps the heads named_heads.{name}, which the "
             "experiment does not name. Fix: use an experiment that names them "
-            f"(experiment=fewshot_singh_cpu) or set named_heads.{name}=[HEAD]."
+            f"(experiment=fewshot_singh_cpu) or name them: +named_heads.{name}=[HEAD]."
         )
     return list(heads)
 

@@ -82,6 +82,7 @@ def draw(
         for name, (x, y, n) in measured.items():
             ax.plot(x, y, color=COLOURS.get(name), label=f"{MEASURED.get(name, name)} ({n})")
         ax.set(xlabel="# sequences seen", ylabel="training loss", title="Measured (mean of seeds)")
+        ax.ticklabel_format(style="sci", axis="x", scilimits=(0, 0))
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

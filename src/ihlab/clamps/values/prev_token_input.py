@@ -67,8 +67,9 @@ class PrevTokenInput(ClampValue):
         scores = [f"blocks.{i}.attn.scores" for i in later]
         hooks = aux.direct_hooks([EMBEDDINGS, *scores])
         embed = hooks.cache
-        hooks.add_intervention(target.site, lambda x: previous_token_input(embed[EMBEDDINGS]))
+        perfected = target.holding_fn(lambda x: previous_token_input(embed[EMBEDDINGS]))
+        hooks.add_intervention(target.site, perfected)
         aux.forward(aux.ctx.inputs, hooks)
         held = [(site, hold(hooks.cache[site])) for site in scores]
         final = aux.final.cache
-        return [(target.site, lambda x: final[EMBEDDINGS]), *held]
+        return [(target.site, target.holding_fn(lambda x: final[EMBEDDINGS])), *held]
