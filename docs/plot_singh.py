@@ -80,10 +80,10 @@ def km_row(name: str, runs: list) -> str:
     m = median_learning_time(kaplan_meier(times, learned, name))
 
     def seq(x: float) -> str:
-        return "not reached" if not np.isfinite(x) else f"{x * batch / 1000:.0f}k"
+        return "not reached" if not np.isfinite(x) else f"{x * batch / 1000:.3g}k"
 
     per_seed = " / ".join(
-        f"{t * batch / 1000:.0f}k" + ("" if ok else "+")
+        f"{t * batch / 1000:.3g}k" + ("" if ok else "+")
         for t, ok in zip(times, learned, strict=True)
     )
     ci = f"[{seq(m['median_ci_low'])}, {seq(m['median_ci_high'])}]"
