@@ -133,6 +133,7 @@ def interrupt_at(step: int, fn):
         LabModule.training_step = training_step
 
 
+@pytest.mark.slow  # ~10 s: the quick part stays under 3 minutes
 def test_a_killed_ensemble_resumes_every_member_identically(
     tmp_path: Path, token_job: Path
 ) -> None:

@@ -167,6 +167,7 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
     assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # ~10 s: the quick part stays under 3 minutes
 def test_kill_right_after_any_checkpoint_resumes_exactly(
     tmp_path: Path, monkeypatch, reference: Path
 ) -> None:
