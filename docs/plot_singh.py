@@ -8,7 +8,6 @@ sequences. Run from the repository root after the studies (commands in docs/sing
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -16,18 +15,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from omegaconf import OmegaConf
 
-from ihlab.runs.discovery import find_runs
-from ihlab.runs.files import RunFiles
-from ihlab.runs.summary import read_summary
-from ihlab.runs.tables import read_metrics
 from ihlab.stats.groups import kaplan_meier, median_learning_time
-from ihlab.theory.figure import draw, measured_curves
+from ihlab.theory.figure import METRIC, StudyRun, draw, mean_curve, measured_curves, study_runs
 from ihlab.theory.subcircuits import solve_conditions
 
 DOCS = Path(__file__).parent
-METRIC = "eval/train/loss"
 FIG5B = {  # condition -> (label, colour): the paper's Figure 5b colours
     "one_head": ("no clamp", "black"),
     "one_head+prev_token": ("previous-token head", "tab:orange"),
@@ -51,32 +44,20 @@ def style(ax: plt.Axes, title: str = "") -> None:
     ax.ticklabel_format(style="sci", axis="x", scilimits=(0, 0))
 
 
-def runs_of(study: Path) -> dict[str, list[tuple[int, dict, dict[int, float]]]]:
-    """condition -> [(batch size, summary, {step: training loss})] over the study's runs."""
-    out = defaultdict(list)
-    for run in find_runs([study]):
-        files = RunFiles(run)
-        summary = read_summary(files.summary)
-        if summary is None or summary.get("status") != "completed":
-            continue
-        cfg = OmegaConf.load(files.resolved)
-        curve = {int(r["step"]): r[METRIC] for r in read_metrics(files.metrics) if METRIC in r}
-        out[str(cfg.condition)].append((int(cfg.data.batch_size), summary, curve))
-    return dict(out)
-
-
-def mean_curve(runs: list) -> tuple[np.ndarray, np.ndarray]:
-    steps = sorted(set.intersection(*(set(c) for _, _, c in runs)))
-    return np.array(steps) * runs[0][0], np.array(
-        [np.mean([c[s] for *_, c in runs]) for s in steps]
-    )
+def runs_of(study: Path) -> dict[str, list[StudyRun]]:
+    """condition -> the study's completed runs."""
+    runs = {
+        c: [r for r in rs if r.summary is not None and r.summary.get("status") == "completed"]
+        for c, rs in study_runs(study, METRIC).items()
+    }
+    return {c: rs for c, rs in runs.items() if rs}
 
 
 def km_row(name: str, runs: list) -> str:
     """| condition | seeds | learning time: KM median [95% CI] in sequences | learned |"""
-    batch = runs[0][0]
-    times = [s["learning_time"]["step"] or s["steps"] for _, s, _ in runs]
-    learned = [s["learning_time"]["step"] is not None for _, s, _ in runs]
+    batch = runs[0].batch_size
+    times = [r.summary["learning_time"]["step"] or r.summary["steps"] for r in runs]
+    learned = [r.summary["learning_time"]["step"] is not None for r in runs]
     m = median_learning_time(kaplan_meier(times, learned, name))
 
     def seq(x: float) -> str:

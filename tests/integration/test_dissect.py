@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from conftest import SharedRuns, train_in_process
+from hand_ablation import hand_ablated_loss
 from ihlab.clamps.spec import ClampConfig
 from ihlab.data import make_family
 from ihlab.dissect import run as dissect_run
@@ -73,28 +74,6 @@ def test_the_intact_model_is_what_training_logged(token_dissection, reference: P
             assert row["value"] == pytest.approx(logged[step][f"eval/{metric}"], abs=1e-5)
             assert row["ci_low"] < row["value"] < row["ci_high"]
             assert row["n"] == 128
-
-
-def hand_ablated_loss(model: Any, batch: dict[str, Tensor], layer: int, head: int | None) -> Tensor:
-    """Per-target losses with one head's output zeroed by a hook on the output projection's
-    input (the head's d_head slice), not by the lab's sites or clamps."""
-    d_head = model.cfg.head_dim
-    handle = None
-    if head is not None:
-
-        def zero(module: Any, args: tuple[Tensor]) -> tuple[Tensor]:
-            z = args[0].clone()
-            z[..., head * d_head : (head + 1) * d_head] = 0
-            return (z,)
-
-        handle = model.blocks[layer].attn.out.register_forward_pre_hook(zero)
-    try:
-        with torch.no_grad():
-            logits = model({"tokens": batch["tokens"][:, :-1]})
-    finally:
-        if handle is not None:
-            handle.remove()
-    return F.cross_entropy(logits.transpose(1, 2), batch["tokens"][:, 1:], reduction="none")
 
 
 def test_the_first_ranked_head_changes_the_repeat_loss_as_a_hand_written_ablation_does(

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
+from hand_ablation import hand_ablated_loss
 from ihlab.clamps.spec import ClampConfig
 from ihlab.data import make_family
 from ihlab.dissect.run import dissect
@@ -31,26 +29,6 @@ def pick(result: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
 def one(result: dict[str, Any], **match: Any) -> dict[str, Any]:
     (row,) = pick(result, **match)
     return row
-
-
-def repeat_loss_without(model: Any, batch: dict[str, Tensor], layer: int, head: int) -> Tensor:
-    """Mean repeated-segment loss with one head's output zeroed by a hook on the output
-    projection's input (its d_head slice), written without the lab's sites or clamps."""
-    d_head = model.cfg.head_dim
-
-    def zero(module: Any, args: tuple[Tensor]) -> tuple[Tensor]:
-        z = args[0].clone()
-        z[..., head * d_head : (head + 1) * d_head] = 0
-        return (z,)
-
-    handle = model.blocks[layer].attn.out.register_forward_pre_hook(zero)
-    try:
-        with torch.no_grad():
-            logits = model({"tokens": batch["tokens"][:, :-1]})
-    finally:
-        handle.remove()
-    losses = F.cross_entropy(logits.transpose(1, 2), batch["tokens"][:, 1:], reduction="none")
-    return losses[batch["repeat_mask"]].mean()
 
 
 def test_induction_2l_attribution_names_the_previous_token_head_after_the_phase_change(
@@ -79,7 +57,7 @@ def test_induction_2l_attribution_names_the_previous_token_head_after_the_phase_
     batch = make_family(run.data, run.seed).eval_sets["eval"]
     model = load_lab_model(induction_2l / "checkpoints" / "step_001500.ckpt")
     intact = one(result, step=1500, intervention="intact", metric="loss_repeat")["value"]
-    by_hand = float(repeat_loss_without(model, batch, 0, 2)) - intact
+    by_hand = float(hand_ablated_loss(model, batch, 0, 2)[batch["repeat_mask"]].mean()) - intact
     assert repeat["change"] == pytest.approx(by_hand, abs=1e-5)  # measured: +1.79
 
     kept = {

@@ -12,8 +12,9 @@ copy), against sequences seen, the paper's unit.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -24,6 +25,7 @@ from omegaconf import OmegaConf
 
 from ihlab.runs.discovery import find_runs
 from ihlab.runs.files import RunFiles
+from ihlab.runs.summary import read_summary
 from ihlab.runs.tables import read_metrics
 from ihlab.theory.subcircuits import Trajectory, solve_conditions
 
@@ -40,28 +42,48 @@ MEASURED = {  # toy condition -> the lab's condition in the same role
 METRIC = "eval/train/loss"
 
 
-def measured_curves(
-    study: Path, conditions: Mapping[str, str] = MEASURED, metric: str = METRIC
-) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """Per toy condition: (sequences seen, mean of `metric` over the runs, number of runs), from
-    the study's runs of the mapped condition, at the steps every one of them logged."""
-    by_condition: dict[str, list[tuple[dict[int, float], int]]] = {}
+class StudyRun(NamedTuple):
+    """One run of a study: its batch size, summary (None: none yet) and {step: metric}."""
+
+    batch_size: int
+    summary: dict[str, Any] | None
+    curve: dict[int, float]
+
+
+def study_runs(study: Path, metric: str = METRIC) -> dict[str, list[StudyRun]]:
+    """Condition -> the study's runs of it (those with a resolved config)."""
+    out: dict[str, list[StudyRun]] = {}
     for run in find_runs([study]):
         files = RunFiles(run)
         if not files.resolved.is_file():
             continue
         cfg = OmegaConf.load(files.resolved)
         curve = {int(r["step"]): r[metric] for r in read_metrics(files.metrics) if metric in r}
-        by_condition.setdefault(str(cfg.condition), []).append((curve, int(cfg.data.batch_size)))
-    out = {}
-    for toy, lab in conditions.items():
-        runs = by_condition.get(lab, [])
-        if not runs:
-            continue
-        steps = sorted(set.intersection(*(set(curve) for curve, _ in runs)))
-        mean = np.array([np.mean([curve[s] for curve, _ in runs]) for s in steps])
-        out[toy] = (np.array(steps) * runs[0][1], mean, len(runs))
+        summary = read_summary(files.summary)
+        out.setdefault(str(cfg.condition), []).append(
+            StudyRun(int(cfg.data.batch_size), summary, curve)
+        )
     return out
+
+
+def mean_curve(runs: Sequence[StudyRun]) -> tuple[np.ndarray, np.ndarray]:
+    """(sequences seen, mean of the runs' metric) at the steps every one of them logged."""
+    steps = sorted(set.intersection(*(set(r.curve) for r in runs)))
+    mean = np.array([np.mean([r.curve[s] for r in runs]) for s in steps])
+    return np.array(steps) * runs[0].batch_size, mean
+
+
+def measured_curves(
+    study: Path, conditions: Mapping[str, str] = MEASURED, metric: str = METRIC
+) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per toy condition: (sequences seen, mean of `metric` over the runs, number of runs), from
+    the study's runs of the mapped condition, at the steps every one of them logged."""
+    by_condition = study_runs(study, metric)
+    return {
+        toy: (*mean_curve(by_condition[lab]), len(by_condition[lab]))
+        for toy, lab in conditions.items()
+        if by_condition.get(lab)
+    }
 
 
 def draw(
