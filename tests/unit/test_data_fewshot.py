@@ -384,3 +384,28 @@ def test_held_out_label_pairs_default_to_singhs_proportion(n_labels: int, held_o
     family = FewShot(cfg, seed=0)
     assert len(family.heldout_pairs) == held_out
     assert len(family.train_pairs) == n_labels * (n_labels - 1) // 2 - held_out
+
+
+def test_a_dataset_seed_fixes_the_dataset_and_leaves_the_stream_to_the_run_seed() -> None:
+    """Singh et al.'s setting: one dataset for every run, the seed varying init and stream."""
+    fixed = replace(CFG, dataset_seed=7)
+    a, b = FewShot(fixed, seed=3), FewShot(fixed, seed=4)
+    own = FewShot(CFG, seed=7)  # the dataset a run of seed 7 draws for itself
+    for family in (a, b):
+        assert torch.equal(family.features, own.features)
+        for name in ("train_classes", "unseen_classes", "train_pairs", "heldout_pairs"):
+            assert torch.equal(getattr(family, name), getattr(own, name)), name
+    assert not torch.equal(a.train_batch(0)["ids"], b.train_batch(0)["ids"])
+    assert not torch.equal(a.eval_sets["train"]["ids"], b.eval_sets["train"]["ids"])
+    same = FewShot(CFG, seed=3)  # the default draws the dataset from the run's seed
+    assert torch.equal(FewShot(replace(CFG, dataset_seed=3), seed=3).features, same.features)
+    assert not torch.equal(a.features, same.features)
+
+
+def test_unseen_classes_can_show_only_the_training_exemplars_as_singh_et_al() -> None:
+    family = FewShot(replace(CFG, unseen_exemplars="train"), seed=3)
+    unseen = seen(family, family.eval_sets["unseen_classes"])
+    assert unseen["exemplars"] == set(range(CFG.train_exemplars))
+    assert unseen["classes"] == set(family.unseen_classes.tolist())
+    with pytest.raises(ConfigError, match=re.escape("data.unseen_exemplars")):
+        FewShotConfig(unseen_exemplars="first")

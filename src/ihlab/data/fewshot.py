@@ -45,6 +45,13 @@ class FeatureSource(str, Enum):
     hdf5 = "hdf5"
 
 
+class UnseenExemplars(str, Enum):
+    """Which exemplars of the unseen classes the `unseen_classes` split shows."""
+
+    all = "all"  # every exemplar, drawn per item: the query and its match usually differ
+    train = "train"  # only the training exemplar indices, as Singh et al. evaluate
+
+
 @dataclass
 class FewShotConfig(DataConfig):
     """Few-shot sequences and their class / exemplar / label-pair splits.
@@ -52,6 +59,12 @@ class FewShotConfig(DataConfig):
     `n_classes`, `n_exemplars` and `feature_dim` describe only the Gaussian generator; with
     `features=hdf5` the file's dataset shape (classes, exemplars, dim) is authoritative and those
     three fields are ignored.
+
+    `dataset_seed` fixes the dataset itself (the Gaussian features and the class and label-pair
+    splits) across runs; None draws it from each run's seed, so a seed ensemble also samples the
+    dataset. Singh et al. kept one dataset (one feature file, label-pair split seed 20) and varied
+    only the initialisation. The training stream, evaluation sets and initialisation always follow
+    the run's seed.
     """
 
     features: FeatureSource = FeatureSource.gaussian
@@ -68,6 +81,8 @@ class FewShotConfig(DataConfig):
     # None: a fifth of the label pairs, as Singh et al. held out (2 of 10 at 5 labels, 9 of 45 at
     # 10, 21 of 105 at 15)
     n_holdout_pairs: int | None = None
+    dataset_seed: int | None = None
+    unseen_exemplars: UnseenExemplars = UnseenExemplars.all
     context_pairs: int = 2
     burstiness: int = 1
     n_distractor_classes: int = 1
@@ -83,6 +98,13 @@ class FewShotConfig(DataConfig):
             raise ConfigError(
                 f"data.features={self.features} is not a feature source. Fix: set data.features "
                 "to one of gaussian, hdf5."
+            ) from None
+        try:
+            self.unseen_exemplars = UnseenExemplars(self.unseen_exemplars)
+        except ValueError:
+            raise ConfigError(
+                f"data.unseen_exemplars={self.unseen_exemplars} is not an exemplar set. Fix: set "
+                "data.unseen_exemplars to one of all, train."
             ) from None
         if self.features == FeatureSource.hdf5:
             self._check_hdf5_file()
@@ -289,14 +311,16 @@ class FewShot(DataFamily):
 
     def __init__(self, cfg: FewShotConfig, seed: int) -> None:
         super().__init__(cfg, seed)
+        dataset_seed = seed if cfg.dataset_seed is None else cfg.dataset_seed
         if cfg.features == FeatureSource.hdf5:
             path = Path(str(cfg.hdf5_path)).expanduser().resolve()
             self.features = read_hdf5_features(path, cfg.hdf5_dataset)  # (classes, ex., dim)
         else:
-            self.features = gaussian_features(cfg, seed)  # (classes, exemplars, dim)
+            self.features = gaussian_features(cfg, dataset_seed)  # (classes, exemplars, dim)
         self.n_classes, n_exemplars, dim = self.features.shape
 
-        classes = torch.randperm(self.n_classes, generator=generator(seed, "split", "classes"))
+        g_classes = generator(dataset_seed, "split", "classes")
+        classes = torch.randperm(self.n_classes, generator=g_classes)
         self.train_classes = classes[: cfg.n_train_classes]  # (n_train_classes,)
         self.unseen_classes = classes[
             cfg.n_train_classes : cfg.n_train_classes + cfg.n_unseen_classes
@@ -305,7 +329,9 @@ class FewShot(DataFamily):
         self.train_exemplars = exemplars[: cfg.train_exemplars]  # (train_exemplars,)
         self.heldout_exemplars = exemplars[cfg.train_exemplars :]  # (held-out exemplars,)
         pairs = torch.combinations(torch.arange(cfg.n_labels), 2)  # (n_pairs, 2)
-        pairs = pairs[torch.randperm(len(pairs), generator=generator(seed, "split", "pairs"))]
+        pairs = pairs[
+            torch.randperm(len(pairs), generator=generator(dataset_seed, "split", "pairs"))
+        ]
         self.heldout_pairs = pairs[: cfg.n_holdout_pairs]  # (n_holdout_pairs, 2)
         self.train_pairs = pairs[cfg.n_holdout_pairs :]  # (n_train_pairs, 2)
 
@@ -315,7 +341,11 @@ class FewShot(DataFamily):
             "heldout_exemplars": Split(
                 self.train_classes, self.heldout_exemplars, self.train_pairs
             ),
-            "unseen_classes": Split(self.unseen_classes, exemplars, self.train_pairs),
+            "unseen_classes": Split(
+                self.unseen_classes,
+                exemplars if cfg.unseen_exemplars == UnseenExemplars.all else self.train_exemplars,
+                self.train_pairs,
+            ),
         }
         self.splits = {name: s for name, s in splits.items() if all(len(t) for t in s)}
         self.eval_splits = tuple(self.splits)
