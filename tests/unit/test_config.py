@@ -45,6 +45,7 @@ def test_fewshot_singh_matches_the_paper(make_config) -> None:
     assert config.optim.name.value == "adam" and config.optim.lr == 1e-5
     assert config.data.batch_size == 32 and config.data.n_train_classes == 50
     assert config.data.n_labels == 5 and config.data.context_pairs == 2
+    assert config.data.dataset_seed == 20 and config.data.unseen_exemplars.value == "train"
 
 
 def test_unknown_key_fails_naming_it(make_config) -> None:

@@ -38,9 +38,10 @@ def mean_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=(2, 3))
 
 
-def expected_features(pixels: np.ndarray, size: int) -> np.ndarray:
-    """What the stand-in gives for one grey image, computed here: resize as the converter does,
-    scale to [0, 1], normalise each (identical) channel with ImageNet's statistics."""
+def grey_as_imagenet_input(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size): one grey image as the converter should feed a network, computed here:
+    resized (bilinear), scaled to [0, 1], each (identical) channel normalised with ImageNet's
+    statistics."""
     resized = (
         np.asarray(
             Image.fromarray(pixels, mode="L").convert("RGB").resize((size, size), Image.BILINEAR),
@@ -49,7 +50,12 @@ def expected_features(pixels: np.ndarray, size: int) -> np.ndarray:
         / 255.0
     )
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    return (resized.mean() - mean) / std
+    return ((resized[None] - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+
+
+def expected_features(pixels: np.ndarray, size: int) -> np.ndarray:
+    """What the stand-in (each channel's mean) gives for one grey image."""
+    return grey_as_imagenet_input(pixels, size).mean(axis=(1, 2))
 
 
 def test_every_class_directory_becomes_a_row_of_features(tmp_path: Path) -> None:
@@ -97,22 +103,24 @@ def test_a_class_with_too_few_images_is_named(tmp_path: Path) -> None:
 
 
 def test_the_command_line_uses_torchvisions_resnet(tmp_path: Path) -> None:
-    pytest.importorskip("torchvision", reason="the optional ResNet extractor needs torchvision")
-    make_folder(tmp_path / "omni")
-    out = tmp_path / "f.h5"
-    main(
-        [
-            "--images",
-            str(tmp_path / "omni"),
-            "--out",
-            str(out),
-            "--exemplars",
-            "2",
-            "--weights",
-            "none",
-            "--size",
-            "32",
-        ]
+    """With torchvision (an optional extra: tested wherever it imports), the file holds a
+    ResNet-18's pooled features of each image, equal to the same network run here."""
+    torchvision = pytest.importorskip(
+        "torchvision", reason="the optional ResNet extractor needs torchvision"
     )
+    drawn = make_folder(tmp_path / "omni")
+    out = tmp_path / "f.h5"
+    args = ["--images", str(tmp_path / "omni"), "--out", str(out), "--exemplars", "2"]
+    args += ["--weights", "none", "--size", "32"]
+    torch.manual_seed(0)  # the random network's weights
+    main(args)
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None)  # the same network, built here
+    resnet.fc = torch.nn.Identity()
+    resnet.eval()
+    first_two = [pixels[:2] for _, pixels in sorted(drawn.items())]
+    images = np.stack([grey_as_imagenet_input(p, 32) for cls in first_two for p in cls])
+    with torch.no_grad():
+        expected = resnet(torch.from_numpy(images)).view(5, 2, 512)
     with h5py.File(out) as f:
-        assert f["features"].shape == (5, 2, 512)
+        np.testing.assert_allclose(f["features"][:], expected.numpy(), rtol=1e-4, atol=1e-5)
