@@ -56,8 +56,11 @@ def runs_of(study: Path) -> dict[str, list[StudyRun]]:
 def km_row(name: str, runs: list) -> str:
     """| condition | seeds | learning time: KM median [95% CI] in sequences | learned |"""
     batch = runs[0].batch_size
-    times = [r.summary["learning_time"]["step"] or r.summary["steps"] for r in runs]
-    learned = [r.summary["learning_time"]["step"] is not None for r in runs]
+    steps = [r.summary["learning_time"]["step"] for r in runs]
+    learned = [step is not None for step in steps]
+    times = [
+        r.summary["steps"] if step is None else step for r, step in zip(runs, steps, strict=True)
+    ]
     m = median_learning_time(kaplan_meier(times, learned, name))
 
     def seq(x: float) -> str:

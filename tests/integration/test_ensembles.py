@@ -112,6 +112,19 @@ def test_each_member_of_a_clamped_fewshot_job_matches_its_single_run(tmp_path: P
         assert_member_is_its_single_run(Path(member["run_dir"]), tmp_path / f"single_{seed}", seed)
 
 
+def test_a_one_seed_job_is_a_job_with_one_member(tmp_path: Path) -> None:
+    """seeds=[5] writes what every ensemble job writes (a multirun's report reads ensemble.json),
+    not a single run's files one directory too deep."""
+    job = run(tmp_path / "job", *SHORT, "model.n_layers=1", "seeds=[5]")
+    assert job["status"] == "completed" and job["seeds"] == [5]
+    (member,) = job["members"]
+    assert json.loads((tmp_path / "job" / "ensemble.json").read_text())["members"] == [member]
+    assert Path(member["run_dir"]).parent == tmp_path / "job"
+    summary = json.loads((Path(member["run_dir"]) / "summary.json").read_text())
+    assert summary["seed"] == 5 and summary["status"] == "completed" and summary["steps"] == 80
+    assert not (tmp_path / "job" / "summary.json").exists()
+
+
 def test_compare_reads_the_members_of_an_ensemble_job(tmp_path: Path, token_job: Path) -> None:
     result = compare([token_job], out=tmp_path / "report")
     assert sorted(v["seed"] for v in result["runs"]) == [0, 1]

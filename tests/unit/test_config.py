@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
 
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.data import DataConfig
@@ -155,3 +157,16 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert lr_factor(60, cfg, 110) == pytest.approx(0.55)
     assert lr_factor(110, cfg, 110) == pytest.approx(0.1)
     assert lr_factor(50, OptimConfig(), 110) == 1.0
+
+
+STUDIES = [f"singh_{fig}" for fig in ("fig4b", "fig5b", "fig6_classes", "fig6_labels")]
+
+
+@pytest.mark.parametrize("study", [s + scale for s in STUDIES for scale in ("", "_cpu")])
+def test_a_study_runs_its_whole_sweep_with_or_without_dash_m(study: str) -> None:
+    """Run without -m, a study's experiment would train the unablated model under its sweep's
+    condition names; it is a multirun in any case (Hydra reads hydra.mode from the config)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", [f"experiment={study}"], return_hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert "clamps" in cfg.hydra.sweeper.params or "named_heads.kept" in cfg.hydra.sweeper.params

@@ -88,9 +88,12 @@ def test_the_few_shot_loader_reads_the_file(tmp_path: Path) -> None:
         probe_size=4,
     )
     family = FewShot(cfg, seed=0)
-    assert tuple(family.features.shape) == (5, 4, 3)
+    with h5py.File(out) as f:
+        written = torch.from_numpy(f["features"][:])  # (classes, exemplars, 3)
+    assert torch.equal(family.features, written)
     batch = family.sample("train", 6, torch.Generator().manual_seed(0))
-    assert batch["features"].shape == (6, 5, 3)
+    items = batch["features"][:, 0::2]  # (6, 3, 3): the context items and the query
+    assert torch.equal(items, written[batch["ids"][:, 0::2], 0])  # exemplar 0 of each class
 
 
 def test_a_class_with_too_few_images_is_named(tmp_path: Path) -> None:

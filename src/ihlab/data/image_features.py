@@ -13,8 +13,9 @@ images (sorted by file name); a class with fewer is an error naming it. Images a
 Pillow, converted to RGB, resized to `size` x `size` (bilinear) and normalised with ImageNet's
 channel means and standard deviations, the input torchvision's pretrained ResNets expect.
 
-The ResNet needs torchvision (`pip install torchvision`, not part of ihlab's install; it must
-match the installed torch) and, for pretrained weights, one download on first use:
+The ResNet needs torchvision (the `images` extra, `pip install -e ".[images]"`, not part of the
+default install; it must match the installed torch build) and, for pretrained weights, one
+download on first use:
 
     python -m ihlab.data.image_features --images omniglot/ --out omniglot_resnet18.h5
     ihlab-train experiment=fewshot_singh data.features=hdf5 data.hdf5_path=omniglot_resnet18.h5

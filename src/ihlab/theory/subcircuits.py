@@ -56,8 +56,8 @@ def outer(x: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def loss(p: Problem, x: dict[str, np.ndarray]) -> float:
-    """L(a, b, c), summed over the entries: the closed form above loses the small losses of late
-    training to cancellation."""
+    """L(a, b, c), computed entry by entry (the mean above): the closed form loses the small
+    losses of late training to cancellation."""
     return float(((outer(p.targets) - outer(x)) ** 2).mean() / 2)
 
 

@@ -252,7 +252,7 @@ def _train(
         for name, text in hydra_files.items():
             write_text_atomic(files.hydra / name, text)
     write_text_atomic(files.resolved, OmegaConf.to_yaml(resolved))
-    ensemble = len(runs) > 1
+    ensemble = bool(config.seeds)  # a one-seed ensemble is still a job with one member
     start_step = checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0
     status, stop, error = Status.completed, {}, None
     trainer: L.Trainer | None = None
