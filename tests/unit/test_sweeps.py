@@ -17,10 +17,9 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from conftest import compose_config
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.tracking.wandb_run import WandbMode
 from ihlab.train.schema import to_train_config
@@ -93,11 +92,13 @@ def test_every_grid_point_composes_into_its_own_online_run(path: Path) -> None:
     for point in points:
         argv = agent_argv(sweep, point)
         assert argv[0] == "ihlab-train"
-        cfg = compose_config(argv[1:])
-        config = to_train_config(cfg)  # every value checked, as before any work
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            mode = compose("train", argv[1:], return_hydra_config=True).hydra.mode
-        assert mode in (None, RunMode.RUN)  # None: RUN without -m; a study experiment says RUN
+            cfg = compose("train", argv[1:], return_hydra_config=True)
+        # None: RUN without -m; a study experiment (a multirun by itself) is told RUN
+        assert cfg.hydra.mode in (None, RunMode.RUN)
+        with open_dict(cfg):
+            del cfg["hydra"]  # what ihlab-train validates: the job's config
+        config = to_train_config(cfg)  # every value checked, as before any work
         for key, value in point.items():
             if key not in ("experiment", "clamps"):  # config groups, not keys
                 assert OmegaConf.select(cfg, key) == value, key
