@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ihlab.choices import Choice
 from ihlab.errors import ConfigError
 from ihlab.sites import NO_HOOKS, SiteHooks, check_sites, site_names
 
@@ -40,13 +41,13 @@ class ModelIO:
     n_labels: int | None = None
 
 
-class Positional(str, Enum):
+class Positional(Choice):
     learned = "learned"
     rope = "rope"
     none = "none"
 
 
-class Init(str, Enum):
+class Init(Choice):
     """How weights start (biases always at 0, LayerNorms at gain 1, bias 0).
 
     - `normal`: every linear map and embedding table N(0, init_std^2) (GPT-2's scheme);

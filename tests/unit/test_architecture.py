@@ -57,7 +57,8 @@ def imports_inside_functions(path: Path) -> list[tuple[str, int]]:
 
 def test_the_import_contracts_hold() -> None:
     """The layers (apps > train | compare | probe > clamps | data | tracking > metrics | stats |
-    runs > model > sites > errors | seeding), the leaf clamp spec, and no cycle in any package."""
+    runs > model > sites > errors | seeding | choices), the leaf clamp spec, and no cycle in any
+    package."""
     result = subprocess.run(
         [str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True
     )

@@ -170,3 +170,13 @@ def test_a_study_runs_its_whole_sweep_with_or_without_dash_m(study: str) -> None
         cfg = compose("train", [f"experiment={study}"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert "clamps" in cfg.hydra.sweeper.params or "named_heads.kept" in cfg.hydra.sweeper.params
+
+
+def test_a_choice_reads_as_its_value_in_a_condition_and_a_message(make_config) -> None:
+    config = make_config(
+        "experiment=fewshot_singh_cpu",
+        "data.unseen_exemplars=train",
+        "condition=${model.positional}_${model.init}_${data.features}_${data.unseen_exemplars}",
+    )
+    assert config.condition == "rope_lecun_gaussian_train"
+    assert f"{config.model.positional}" == str(config.model.positional) == "rope"

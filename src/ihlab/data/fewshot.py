@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ihlab.choices import Choice
 from ihlab.data.base import (
     Batch,
     DataConfig,
@@ -38,14 +38,14 @@ from ihlab.seeding import generator
 HOLDOUT_SHARE = 5  # n_holdout_pairs=None holds out n_pairs // 5 label pairs
 
 
-class FeatureSource(str, Enum):
+class FeatureSource(Choice):
     """Where exemplar vectors come from."""
 
     gaussian = "gaussian"
     hdf5 = "hdf5"
 
 
-class UnseenExemplars(str, Enum):
+class UnseenExemplars(Choice):
     """Which exemplars of the unseen classes the `unseen_classes` split shows."""
 
     all = "all"  # every exemplar, drawn per item: the query and its match usually differ

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from ihlab.choices import Choice
 from ihlab.data.base import Batch, LearningTime, SplitMetrics, Terms, register_family
 from ihlab.data.tokens import TokenDataConfig, TokenFamily, TokenSplitMetrics
 from ihlab.errors import ConfigError
@@ -39,7 +39,7 @@ from ihlab.model import ModelIO
 SINKHORN_ITERATIONS = 100
 
 
-class ChainPrior(str, Enum):
+class ChainPrior(Choice):
     dirichlet = "dirichlet"  # rows ~ Dirichlet(alpha)
     doubly_stochastic = "doubly_stochastic"  # ... balanced so that columns sum to 1 too
 

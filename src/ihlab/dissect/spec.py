@@ -16,10 +16,10 @@ family: the change of every later head's induction score when an earlier head is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 
 from omegaconf import MISSING
 
+from ihlab.choices import Choice
 from ihlab.clamps.spec import ClampConfig
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig
@@ -29,7 +29,7 @@ from ihlab.tracking.wandb_run import WandbMode
 ABLATION_SITE = "attn.z"  # a head's output, before the output projection
 
 
-class HeadValue(str, Enum):
+class HeadValue(Choice):
     """The values `heads` may ablate every head with (names of ihlab.clamps.values)."""
 
     zero = "zero"
@@ -38,7 +38,7 @@ class HeadValue(str, Enum):
     value_preserving = "value_preserving"
 
 
-class Checkpoints(str, Enum):
+class Checkpoints(Choice):
     all = "all"  # every checkpoint the run kept (step_*.ckpt, and last.ckpt's step)
     last = "last"  # the run's last step
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
+from ihlab.choices import Choice
 from ihlab.clamps.checks import check_value
 from ihlab.clamps.engine import Clamp, ClampSet
 from ihlab.clamps.spec import ClampConfig
@@ -26,7 +26,7 @@ Head = tuple[int, int]  # (layer, query head)
 MODE_SITES = {"ablate": "attn.z", "knockout": "attn.scores"}  # where each kind of condition acts
 
 
-class Ablation(str, Enum):
+class Ablation(Choice):
     """The clamp value an ablation holds heads at (names of `ihlab.clamps.values`)."""
 
     zero = "zero"

@@ -11,10 +11,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ihlab.choices import Choice
 from ihlab.runs.atomic import write_text_atomic
 
 
-class Status(str, Enum):
+class Status(Choice):
     """How a run ended: the `status` of its summary.json."""
 
     completed = "completed"  # trained to trainer.max_steps

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import Logger
 
+from ihlab.choices import Choice
 from ihlab.runs.atomic import write_text_atomic
 from ihlab.runs.files import RunFiles
 from ihlab.tracking.wandb_writer import STEP_KEY, writer
@@ -26,7 +27,7 @@ from ihlab.tracking.wandb_writer import STEP_KEY, writer
 AGENT_RUN_ID = "WANDB_RUN_ID"  # set by a sweep agent for the run it starts
 
 
-class WandbMode(str, Enum):
+class WandbMode(Choice):
     offline = "offline"
     online = "online"
     disabled = "disabled"

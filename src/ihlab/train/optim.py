@@ -5,20 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
+from ihlab.choices import Choice
 from ihlab.errors import ConfigError
 
 
-class OptimizerName(str, Enum):
+class OptimizerName(Choice):
     adam = "adam"
     adamw = "adamw"
 
 
-class Schedule(str, Enum):
+class Schedule(Choice):
     constant = "constant"
     cosine = "cosine"
     linear = "linear"

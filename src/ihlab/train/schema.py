@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ihlab.choices import Choice
 from ihlab.clamps.checks import check_clamps
 from ihlab.clamps.spec import ClampConfig
 from ihlab.data import FAMILY_CONFIGS, DataConfig
@@ -84,7 +84,7 @@ class TrainerConfig:
             )
 
 
-class ResumeMode(str, Enum):
+class ResumeMode(Choice):
     auto = "auto"  # a directory holding this same run, unfinished: continue it; finished: skip
     never = "never"  # refuse any directory that already holds a run
 
