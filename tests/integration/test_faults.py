@@ -192,6 +192,7 @@ def test_kill_right_after_any_checkpoint_resumes_exactly(
         assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # ~9 s: the quick part stays under 3 minutes
 def test_signals_at_every_kind_of_step_resume_exactly(
     tmp_path: Path, monkeypatch, reference: Path
 ) -> None:
