@@ -49,10 +49,11 @@ RUN = (
 )
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The composed (unvalidated) config for these command-line overrides."""
+def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The composed (unvalidated) config for these command-line overrides (`hydra`: with Hydra's
+    own node, e.g. its run mode and sweeper)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
 def quiet(overrides: list[str]) -> list[str]:

@@ -3,16 +3,30 @@ composed Hydra config becomes a validated dataclass."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, ValidationError
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Enum)
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key (e.g. `model.d_model`) and the fix."""
+
+
+def choice(kind: type[E], value: object, key: str, what: str) -> E:
+    """`value` as a member of `kind` (a dataclass built directly, not through Hydra, may hold the
+    plain string); otherwise a ConfigError naming `key`, saying it is not `what`, listing the
+    choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        names = ", ".join(str(member.value) for member in kind)
+        message = f"{key}={value} is not {what}. Fix: set {key} to one of {names}."
+        raise ConfigError(message) from None
 
 
 def to_config(cfg: DictConfig, schema: type[T]) -> T:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ihlab.choices import Choice
-from ihlab.errors import ConfigError
+from ihlab.errors import ConfigError, choice
 from ihlab.sites import NO_HOOKS, SiteHooks, check_sites, site_names
 
 
@@ -91,13 +91,7 @@ class ModelConfig:
     init_std: float = 0.02  # init=normal
 
     def __post_init__(self) -> None:
-        try:
-            self.init = Init(self.init)
-        except ValueError:
-            raise ConfigError(
-                f"model.init={self.init} is not an init scheme. Fix: set model.init to one of "
-                f"{', '.join(i.value for i in Init)}."
-            ) from None
+        self.init = choice(Init, self.init, "model.init", "an init scheme")
         for key in ("n_layers", "n_heads", "d_model"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1.")

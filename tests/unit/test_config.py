@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 
+from conftest import compose_config
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.data import DataConfig
 from ihlab.errors import ConfigError
@@ -166,8 +166,7 @@ STUDIES = [f"singh_{fig}" for fig in ("fig4b", "fig5b", "fig6_classes", "fig6_la
 def test_a_study_runs_its_whole_sweep_with_or_without_dash_m(study: str) -> None:
     """Run without -m, a study's experiment would train the unablated model under its sweep's
     condition names; it is a multirun in any case (Hydra reads hydra.mode from the config)."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", [f"experiment={study}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment={study}"], hydra=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert "clamps" in cfg.hydra.sweeper.params or "named_heads.kept" in cfg.hydra.sweeper.params
 

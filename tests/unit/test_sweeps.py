@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from ihlab.apps.hydra_entry import config_dir
+from conftest import compose_config
 from ihlab.tracking.wandb_run import WandbMode
 from ihlab.train.schema import to_train_config
 
@@ -92,8 +91,7 @@ def test_every_grid_point_composes_into_its_own_online_run(path: Path) -> None:
     for point in points:
         argv = agent_argv(sweep, point)
         assert argv[0] == "ihlab-train"
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose("train", argv[1:], return_hydra_config=True)
+        cfg = compose_config(argv[1:], hydra=True)
         # None: RUN without -m; a study experiment (a multirun by itself) is told RUN
         assert cfg.hydra.mode in (None, RunMode.RUN)
         with open_dict(cfg):

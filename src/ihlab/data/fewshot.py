@@ -30,7 +30,7 @@ from ihlab.data.base import (
     SplitMetrics,
     register_family,
 )
-from ihlab.errors import ConfigError
+from ihlab.errors import ConfigError, choice
 from ihlab.metrics.heads import HeadTerms, head_score_terms, head_scores
 from ihlab.model import ModelIO
 from ihlab.seeding import generator
@@ -92,20 +92,10 @@ class FewShotConfig(DataConfig):
     probe_size: int = 64
 
     def __post_init__(self) -> None:
-        try:
-            self.features = FeatureSource(self.features)
-        except ValueError:
-            raise ConfigError(
-                f"data.features={self.features} is not a feature source. Fix: set data.features "
-                "to one of gaussian, hdf5."
-            ) from None
-        try:
-            self.unseen_exemplars = UnseenExemplars(self.unseen_exemplars)
-        except ValueError:
-            raise ConfigError(
-                f"data.unseen_exemplars={self.unseen_exemplars} is not an exemplar set. Fix: set "
-                "data.unseen_exemplars to one of all, train."
-            ) from None
+        self.features = choice(FeatureSource, self.features, "data.features", "a feature source")
+        self.unseen_exemplars = choice(
+            UnseenExemplars, self.unseen_exemplars, "data.unseen_exemplars", "an exemplar set"
+        )
         if self.features == FeatureSource.hdf5:
             self._check_hdf5_file()
         else:
