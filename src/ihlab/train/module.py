@@ -11,6 +11,9 @@ and the Q/K/V-composition scores beside them. Every member logs to its own logge
 Clamps (ihlab.clamps) act in every forward: training, evaluation and head scoring, so a clamped
 head's scores show what the network actually used. With `trainer.eval_unclamped` the evaluation
 and the head scores are also logged without clamps, under "unclamped/".
+
+With `trainer.precision=bf16-mixed` only the training steps run under bfloat16 autocast (the
+weights and the optimizer stay float32); evaluation and head scores run in float32 (`float32`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ from ihlab.train.optim import OptimConfig, build_optimizer, lr_factor
 from ihlab.train.schema import TrainerConfig
 
 log = logging.getLogger("ihlab.module")
+
+
+def float32(device: torch.device) -> torch.autocast:
+    """Autocast off: the block computes in float32 whatever precision the training steps use
+    (`trainer.precision=bf16-mixed`), so every evaluation and head score the lab reports is a
+    float32 measurement of the float32 weights."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class Diverged(Exception):
@@ -331,7 +341,8 @@ class LabModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.data.eval_splits[dataloader_idx]  # batch: (member, batch, ...)
         for variant in self.eval_variants:
-            logits, _ = self.run(batch, clamped=not variant, batched=self.measure_batched)
+            with float32(self.device):
+                logits, _ = self.run(batch, clamped=not variant, batched=self.measure_batched)
             for k, (lg, tg, loss) in enumerate(self.losses(batch, logits)):
                 metrics: SplitMetrics = self.eval_metrics[k][self._metrics_key(variant, split)]
                 metrics.update(member_batch(batch, k), lg, tg, loss)
@@ -409,12 +420,13 @@ class LabModule(L.LightningModule):
         """Score every member's heads on its probe batch (in the clamped forward) and log them."""
         probe = {k: v.to(self.device) for k, v in self.probe.items()}
         names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(self.model_cfg.n_layers))
-        runs = {
-            variant: self.run(
-                probe, clamped=not variant, cache=names, batched=self.measure_batched
-            )[1]
-            for variant in self.eval_variants
-        }
+        with float32(self.device):
+            runs = {
+                variant: self.run(
+                    probe, clamped=not variant, cache=names, batched=self.measure_batched
+                )[1]
+                for variant in self.eval_variants
+            }
         for k, member in enumerate(self.members):
             if member.diverged is not None:
                 continue

@@ -30,6 +30,7 @@ from ihlab.tracking.wandb_run import WandbConfig
 from ihlab.train.optim import OptimConfig
 
 MAX_SEED = 2**32 - 1
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class TrainerConfig:
     max_steps: int = 2000
     accelerator: str = "cpu"  # "gpu" works where CUDA is available
     devices: int = 1
+    # Lightning's precision of the training steps: 32-true, or bf16-mixed (bfloat16 autocast,
+    # float32 weights); evaluation and head scores always run in float32 (train/module.py).
+    # Measured slower than 32-true on every experiment here (docs/speed.md), so not the default.
     precision: str = "32-true"
     eval_every: int = 100  # steps between evaluations of every split
     eval_at_start: bool = False  # also evaluate the initial model (step 0)
@@ -67,6 +71,16 @@ class TrainerConfig:
                 )
         if self.devices < 1:
             raise ConfigError(f"trainer.devices={self.devices} must be >= 1.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"trainer.precision={self.precision} is not a precision the lab trains in. Fix: "
+                f"set trainer.precision to one of {', '.join(PRECISIONS)} (16-mixed on a GPU only)."
+            )
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            raise ConfigError(
+                "trainer.precision=16-mixed needs a GPU (float16 autocast). Fix: use "
+                "trainer.precision=bf16-mixed on the CPU, or trainer=gpu."
+            )
         if self.threads < 0:
             raise ConfigError(f"trainer.threads={self.threads} must be >= 0 (0: torch's default).")
         if self.score_every < 0:
