@@ -8,7 +8,7 @@ member as the lab does on the CPU. Nothing else: no Lightning, hooks, metrics, h
 logging, files or start-up. The model is checked to give each member's lab-model logits before it
 is timed.
 
-    python benchmarks/bare_ensemble.py [--members 8] [--steps 1500] [--threads 0]
+    python benchmarks/bare_ensemble.py [--members 8] [--steps 1500] [--threads 0] [--small]
 
 Prints `seconds: S` (the wall time of `--steps` steps and their evaluations, after a warm-up).
 study_throughput.py runs it to price the ceiling of the study speed-up on this machine.
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from timing import parse
 from torch import Tensor
 
 from ihlab.apps.hydra_entry import config_dir
@@ -79,17 +81,20 @@ def forward(p: dict[str, Tensor], features: Tensor, labels: Tensor, n_heads: int
     return logits.view(k, b, t, -1)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
-    args = parser.parse_args()
+    args = parse(parser, argv, small={"members": 2, "steps": 4})
     if args.threads:
         torch.set_num_threads(args.threads)
     register_configs()
+    overrides = ["experiment=fewshot_fast"]
+    if args.small:  # evaluations every 2 steps on small sets
+        overrides += ["trainer.eval_every=2", "data.eval_size=16"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        config = to_train_config(compose("train", overrides=["experiment=fewshot_fast"]))
+        config = to_train_config(compose("train", overrides=overrides))
     assert config.model.positional.value == "rope" and config.model.attn_only
     assert not config.model.bias and not config.model.smeared_keys
     tasks = [make_family(config.data, seed) for seed in range(args.members)]
@@ -126,7 +131,7 @@ def main() -> None:
                 )
                 F.cross_entropy(logits[0, :, -1], batch["target"][k])
 
-    for i in range(WARMUP):
+    for i in range(min(WARMUP, args.steps)):
         step(i)
     every = config.trainer.eval_every
     started = time.perf_counter()

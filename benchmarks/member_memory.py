@@ -6,7 +6,7 @@ share of the batched activations). The intercept (interpreter, torch, start-up) 
 On the CPU the peak is the process's peak resident set size; with `--device cuda`, torch's peak
 allocated GPU memory.
 
-    python benchmarks/member_memory.py [--small 4] [--large 32] [--device cpu]
+    python benchmarks/member_memory.py [--sizes 4 32] [--device cpu] [--small]
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
+
+from timing import parse
 
 JOB = """
 import json, resource, sys, tempfile
@@ -48,15 +51,15 @@ def peak_mib(members: int, device: str) -> float:
     return json.loads(lines[-1])["peak_mib"]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=4)
-    parser.add_argument("--large", type=int, default=32)
+    parser.add_argument("--sizes", type=int, nargs=2, default=[4, 32], metavar=("FEW", "MANY"))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    args = parser.parse_args()
-    small, large = peak_mib(args.small, args.device), peak_mib(args.large, args.device)
-    print(f"peak with {args.small} members: {small:.0f} MiB, with {args.large}: {large:.0f} MiB")
-    per_member = (large - small) / (args.large - args.small)
+    args = parse(parser, argv, small={"sizes": [1, 2]})
+    few, many = args.sizes
+    low, high = peak_mib(few, args.device), peak_mib(many, args.device)
+    print(f"peak with {few} members: {low:.0f} MiB, with {many}: {high:.0f} MiB")
+    per_member = (high - low) / (many - few)
     print(f"memory per member ({args.device}, fewshot_fast): {per_member:.2f} MiB")
 
 

@@ -9,7 +9,7 @@ induction heads ablated and knocked out, 3 random controls: 6), on SmolLM2-135M:
 Rounds alternate the paths to spread machine noise; the median speed-up over the reference is
 printed.
 
-    python benchmarks/probe_speed.py [--prompts 8] [--rounds 3]
+    python benchmarks/probe_speed.py [--prompts 8] [--rounds 3] [--small]
 """
 
 from __future__ import annotations
@@ -18,29 +18,33 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
+from timing import parse
 
 from ihlab.probe.checks import plan
 from ihlab.probe.columns import columns
 from ihlab.probe.config import ProbeConfig
 from ihlab.probe.evaluate import score_conditions
-from ihlab.probe.heads import head_scores
+from ihlab.probe.heads import pretrained_head_scores
 from ihlab.probe.models import fast_dtype, load_model
 from ihlab.probe.prompts import make_prompts
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8, help="per default task")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser, argv, small={"prompts": 1, "rounds": 1})
     cfg = ProbeConfig()
     reference = load_model(dtype="float32")
     fast = copy.copy(reference)
     fast.model = copy.deepcopy(reference.model).to(fast_dtype("cpu"))
     conditions = [
-        c for col in columns(cfg, head_scores(fast)["prefix_matching"]) for c in col.conditions
+        c
+        for col in columns(cfg, pretrained_head_scores(fast)["prefix_matching"])
+        for c in col.conditions
     ]
     prompts = [p for task, shots in plan(cfg) for p in make_prompts(task, shots, args.prompts, 0)]
     work = len(prompts) * len(conditions)

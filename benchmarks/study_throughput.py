@@ -3,6 +3,7 @@ measurement costs a default run. Everything runs `ihlab-train` as a user does (s
 offline, evaluation, head scores, files), side by side in one script.
 
     python benchmarks/study_throughput.py [--steps 1500] [--seeds 8] [--rounds 1] [--run-rounds 3]
+        [--small]
 
 Prints the median over rounds of each round's ratio (a round's routes run back to back, so the
 machine's drift over the script's minutes cancels out of its ratios):
@@ -32,7 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from timing import parse
 
 IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
 CORES = os.cpu_count() or 1
@@ -72,13 +76,14 @@ def seed_groups(seeds: int, groups: int) -> str:
     return ",".join("[" + ",".join(map(str, c)) + "]" for c in chunks)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--run-rounds", type=int, default=3)
-    args = parser.parse_args()
+    small = {"steps": 4, "seeds": 2, "rounds": 1, "run_rounds": 1}
+    args = parse(parser, argv, small=small)
     base = ["experiment=fewshot_fast", "trainer.progress_bar=false"]
     steps = f"trainer.max_steps={args.steps}"
     seeds = ",".join(map(str, range(args.seeds)))

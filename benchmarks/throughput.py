@@ -5,22 +5,35 @@ a hand-written copy of the model (no site hooks) that loads the lab model's weig
 prices everything the lab adds: Lightning, the module, site hooks, logging to metrics.csv and the
 progress bar. Rounds alternate to spread machine noise evenly; the median ratio is printed.
 A second line prices a seed ensemble: member-steps per second of one job training `--members`
-seeds as one batched computation, against the bare loop's single-run steps per second.
+seeds as one batched computation, against the bare loop's single-run steps per second. Both
+routes' model FLOP/s are printed against this machine's matmul peak (timing.measure_peak).
 
-    python benchmarks/throughput.py [--steps 300] [--rounds 3] [--members 8]
+    python benchmarks/throughput.py [--steps 300] [--rounds 3] [--members 8] [--small]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from timing import WARMUP, lab_steps_per_sec, median_ratio
+from timing import (
+    MATMUL,
+    SMALL_MATMUL,
+    WARMUP,
+    alternate,
+    flops_line,
+    lab_steps_per_sec,
+    measure_peak,
+    model_flops_per_step,
+    parse,
+)
 from torch import Tensor, nn
 
 from ihlab.apps.hydra_entry import config_dir
@@ -65,6 +78,7 @@ class BareModel(nn.Module):
 
 
 def bare_steps_per_sec(config, steps: int) -> float:
+    warmup = min(WARMUP, steps // 2)
     datamodule = make_family(config.data, config.seed)
     lab = Transformer(config.model, datamodule.io)
     m = config.model
@@ -74,7 +88,7 @@ def bare_steps_per_sec(config, steps: int) -> float:
     assert torch.allclose(model(tokens[:, :-1]), lab({"tokens": tokens[:, :-1]}), atol=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
     for step in range(steps):
-        if step == WARMUP:
+        if step == warmup:
             start = time.perf_counter()
         tokens = datamodule.train_batch(step)["tokens"]  # (batch, seq)
         logits = model(tokens[:, :-1])  # (batch, seq - 1, vocab)
@@ -82,15 +96,15 @@ def bare_steps_per_sec(config, steps: int) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return (steps - WARMUP) / (time.perf_counter() - start)
+    return (steps - warmup) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--members", type=int, default=8)
-    args = parser.parse_args()
+    args = parse(parser, argv, small={"steps": 8, "rounds": 1, "members": 2})
     register_configs()
     seeds = ",".join(map(str, range(args.members)))
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -109,14 +123,21 @@ def main() -> None:
             steps = lab_steps_per_sec(to_train_config(job), args.steps, Path(tmp) / f"job{r}")
             return args.members * steps, bare_steps_per_sec(to_train_config(cfg), args.steps)
 
-        ratio = median_ratio(args.rounds, measure, ("ihlab", "bare loop"))
-        print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {ratio:.3f}")
+        single = alternate(args.rounds, measure, ("ihlab", "bare loop"))
+        print(f"ratio (ihlab module / bare loop), median of {args.rounds}: {single.ratio:.3f}")
         names = (f"ensemble of {args.members} (member-steps/s)", "bare loop")
-        ensemble = median_ratio(args.rounds, measure_job, names)
+        ensemble = alternate(args.rounds, measure_job, names)
         print(
             f"ensemble ratio (member-steps/s of {args.members} seeds / bare single-run steps/s), "
-            f"median of {args.rounds}: {ensemble:.3f}"
+            f"median of {args.rounds}: {ensemble.ratio:.3f}"
         )
+    peak = measure_peak(0, SMALL_MATMUL if args.small else MATMUL)
+    print(peak.line())
+    flops = model_flops_per_step(to_train_config(cfg))
+    median = statistics.median
+    print(flops_line("ihlab module", flops, median(single.a), peak))
+    print(flops_line("bare loop", flops, median(single.b), peak))
+    print(flops_line(f"ensemble of {args.members}, per member", flops, median(ensemble.a), peak))
 
 
 if __name__ == "__main__":

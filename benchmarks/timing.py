@@ -125,9 +125,10 @@ def model_flops_per_step(config: TrainConfig) -> int:
 
 @dataclass
 class Peak:
-    """This machine's measured matmul throughput (FLOP/s) at a thread count."""
+    """This machine's measured matmul throughput (FLOP/s) at a thread count and matrix size."""
 
     threads: int
+    size: int
     float32: float
     bfloat16: float
 
@@ -138,12 +139,13 @@ class Peak:
         )
         kind = "native (AVX512-BF16 or AMX)" if native else "emulated: no AVX512-BF16 or AMX here"
         return (
-            f"peak ({self.threads} threads, {MATMUL}^3 matmul): float32 {self.float32 / 1e9:.0f} "
-            f"GFLOP/s, bfloat16 {self.bfloat16 / 1e9:.0f} GFLOP/s ({kind})"
+            f"peak ({self.threads} threads, {self.size}^3 matmul): float32 "
+            f"{self.float32 / 1e9:.0f} GFLOP/s, bfloat16 {self.bfloat16 / 1e9:.0f} GFLOP/s ({kind})"
         )
 
 
-MATMUL = 2048
+MATMUL = 2048  # large enough for the float32 peak here (4096 is no faster)
+SMALL_MATMUL = 256  # --small
 
 
 def matmul_flops(dtype: torch.dtype, size: int = MATMUL, seconds: float = 1.0) -> float:
@@ -169,6 +171,7 @@ def measure_peak(threads: int, size: int = MATMUL, seconds: float = 1.0) -> Peak
     try:
         return Peak(
             torch.get_num_threads(),
+            size,
             matmul_flops(torch.float32, size, seconds),
             matmul_flops(torch.bfloat16, size, seconds),
         )
@@ -185,14 +188,31 @@ def flops_line(name: str, flops_per_step: int, steps_per_sec: float, peak: Peak)
     )
 
 
-def median_ratio(
+@dataclass
+class Rounds:
+    """Rates (steps per second) of two routes, `a` and `b`, timed back to back in each round."""
+
+    a: list[float] = field(default_factory=list)
+    b: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' a / b (each round's machine state cancels out of it)."""
+        return statistics.median(x / y for x, y in zip(self.a, self.b, strict=True))
+
+    def spread(self) -> str:
+        """Every round's a / b, for the reader who asks how stable the median is."""
+        return ", ".join(f"{x / y:.3f}" for x, y in zip(self.a, self.b, strict=True))
+
+
+def alternate(
     rounds: int, measure: Callable[[int], tuple[float, float]], names: tuple[str, str]
-) -> float:
-    """Alternating rounds of measure(round) -> (a, b) steps per second; prints each round and
-    returns the median of a / b."""
-    ratios = []
+) -> Rounds:
+    """`rounds` rounds of measure(round) -> (a, b) steps per second, each printed."""
+    out = Rounds()
     for r in range(rounds):
         a, b = measure(r)
-        ratios.append(a / b)
-        print(f"round {r}: {names[0]} {a:.1f} steps/s, {names[1]} {b:.1f} steps/s")
-    return statistics.median(ratios)
+        out.a.append(a)
+        out.b.append(b)
+        print(f"round {r}: {names[0]} {a:.1f} steps/s, {names[1]} {b:.1f} steps/s", flush=True)
+    return out

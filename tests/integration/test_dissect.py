@@ -137,7 +137,8 @@ def test_a_stopped_dissection_resumes_without_recomputing_a_finished_checkpoint(
 
 
 def broken_copies(reference: Path, root: Path) -> dict[str, Path]:
-    """Copies of the reference: one without checkpoints, one holding another model's."""
+    """Copies of the reference: one without checkpoints, one holding another model's, one whose
+    step-100 checkpoint lost its second half (a disk that filled)."""
     bare = SharedRuns.copy(reference, root / "bare")
     shutil.rmtree(bare / "checkpoints")
     alien = SharedRuns.copy(reference, root / "alien")
@@ -148,7 +149,10 @@ def broken_copies(reference: Path, root: Path) -> dict[str, Path]:
         "ihlab_model": shape_state(other, ModelIO(n_ctx=10, d_vocab_out=7, d_vocab=7)),
     }
     torch.save(state, alien / "checkpoints" / "step_000050.ckpt")
-    return {"bare": bare, "alien": alien}
+    truncated = SharedRuns.copy(reference, root / "truncated")
+    path = truncated / "checkpoints" / "step_000100.ckpt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return {"bare": bare, "alien": alien, "truncated": truncated}
 
 
 @pytest.mark.parametrize(
@@ -156,6 +160,11 @@ def broken_copies(reference: Path, root: Path) -> dict[str, Path]:
     [
         ("bare", {}, r"runs: .*bare has no checkpoints, so there is nothing to dissect"),
         ("alien", {}, r"checkpoint .*step_000050.ckpt is another experiment's"),
+        (
+            "truncated",
+            {"checkpoints": "last"},
+            r"runs: checkpoint .*step_000100.ckpt is corrupt or truncated .*Fix: move it out of",
+        ),
         ("reference", {"steps": [70]}, r"steps: .* has no checkpoint at step\(s\) \[70\]"),
         ("reference", {"splits": ["heldout_pairs"]}, r"splits: \['heldout_pairs'\] are not"),
         (
@@ -177,6 +186,7 @@ def broken_copies(reference: Path, root: Path) -> dict[str, Path]:
     ids=[
         "no checkpoints",
         "another experiment",
+        "a truncated checkpoint",
         "missing step",
         "unknown split",
         "missing site",
@@ -200,10 +210,14 @@ def manual_forward(
     zero: dict[int, list[int]] | None = None,
     zero_layers: tuple[int, ...] = (),
     patterns: dict[int, tuple[list[int], Tensor]] | None = None,
+    held: dict[int, tuple[int, Tensor]] | None = None,
+    outputs: list[Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """The tiny few-shot model's forward written out here from its weights: `zero` heads' outputs
     zeroed per layer, `zero_layers` whose attention output is zeroed, `patterns` holding the
-    listed heads' attention at a given (query, key) matrix. Returns logits and patterns."""
+    listed heads' attention at a given (query, key) matrix, `held` one head's output per layer
+    held at a given (pos, d_head) value. Returns logits and patterns; `outputs` receives every
+    layer's head outputs, (batch, pos, head, d_head)."""
     labels, features = batch["labels"], batch["features"]
     b, n = labels.shape
     d, heads, d_head = model.cfg.d_model, model.cfg.n_heads, model.cfg.head_dim
@@ -225,6 +239,11 @@ def manual_forward(
         z = torch.einsum("bhqk,bkhd->bqhd", pattern, v).clone()
         if zero and layer in zero:
             z[:, :, zero[layer]] = 0
+        if held and layer in held:
+            head, value = held[layer]
+            z[:, :, head] = value
+        if outputs is not None:
+            outputs.append(z)
         out = z.reshape(b, n, heads * d_head) @ block.attn.out.weight.T
         x = x + (out * 0 if layer in zero_layers else out)
     final = F.layer_norm(x, (d,), model.ln_final.weight, model.ln_final.bias)
@@ -299,6 +318,22 @@ def test_fewshot_remove_one_keep_one_wiring_and_progress_measures_match_a_hand_w
             assert value("prev", "loss") == pytest.approx(float(loss), abs=1e-5)
 
 
+def test_the_app_refuses_a_truncated_checkpoint_in_one_line(
+    reference: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from ihlab.apps.dissect import main
+
+    run = broken_copies(reference, tmp_path)["truncated"]
+    monkeypatch.setattr(sys, "argv", ["ihlab-dissect", f"runs=[{run}]", f"out={tmp_path}/o"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    (line,) = str(stopped.value).splitlines()
+    assert line.startswith(f"ihlab-dissect: config error: runs: checkpoint {run}/checkpoints/")
+    assert "step_000100.ckpt is corrupt or truncated" in line and "Fix: move it out of" in line
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_app_writes_the_dissection(reference: Path, tmp_path: Path, monkeypatch) -> None:
     from ihlab.apps.dissect import main
 
@@ -312,3 +347,55 @@ def test_the_app_writes_the_dissection(reference: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(sys, "argv", ["ihlab-dissect", *args, "steps=[-1]"])
     with pytest.raises(SystemExit, match=r"ihlab-dissect: config error: steps=\[-1\]"):
         main()
+
+
+def test_mean_ablation_holds_a_head_at_its_mean_over_the_runs_own_reference_batch(
+    tmp_path: Path,
+) -> None:
+    """`heads=[mean]`: each head's output held at its mean, position by position, over the run's
+    own reference batch (the mean clamp's `reference_size` training sequences drawn from the run's
+    seed), as training's mean clamps take it: not over the sequences being evaluated. Expected
+    values from the hand-written forward; the evaluated sequences' own mean is shown to give
+    other numbers, so a mean taken from them fails here."""
+    run = tmp_path / "run"
+    train_in_process(run, *TINY_FEWSHOT)
+    result = dissect(
+        DissectConfig(
+            runs=[str(run)],
+            checkpoints="last",
+            heads=[HeadValue.mean],
+            keep_one=False,
+            layers=False,
+            out=str(tmp_path / "out"),
+        )
+    )
+    config = read_run_config(run)
+    family = make_family(config.data, config.seed)
+    model = load_lab_model(run / "checkpoints" / "last.ckpt")
+    reference: list[Tensor] = []
+    with torch.no_grad():
+        manual_forward(
+            model, family.reference_batch(ClampConfig().reference_size), outputs=reference
+        )
+        apart = 0
+        for split in family.eval_splits:
+            batch = family.eval_sets[split]
+            own: list[Tensor] = []
+            manual_forward(model, batch, outputs=own)
+            for layer in range(2):
+                for head in range(4):
+                    name = f"L{layer}H{head} mean"
+                    acc, loss = (
+                        one(result, step=60, intervention=name, split=split, metric=m)["value"]
+                        for m in ("acc", "loss")
+                    )
+                    mean = reference[layer][:, :, head].mean(0)  # (pos, d_head)
+                    logits, _ = manual_forward(model, batch, held={layer: (head, mean)})
+                    assert acc == pytest.approx(accuracy(logits, batch), abs=1e-9)
+                    expected = F.cross_entropy(logits[:, -1], batch["target"])
+                    assert loss == pytest.approx(float(expected), abs=1e-5)
+                    wrong = own[layer][:, :, head].mean(0)
+                    logits, _ = manual_forward(model, batch, held={layer: (head, wrong)})
+                    other = F.cross_entropy(logits[:, -1], batch["target"])
+                    apart += abs(float(other) - float(expected)) > 1e-4
+    assert apart > 0

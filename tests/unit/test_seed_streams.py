@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from conftest import compose_config, quiet
+from conftest import compose_config, quiet, train_in_process
 from ihlab.data import make_family
 from ihlab.data.base import DataFamily
 from ihlab.probe.selection import random_heads
+from ihlab.train import module as lab_module
 from ihlab.train.members import MemberBatches, member_batch
 from ihlab.train.module import LabModule, Member
 from ihlab.train.run import build_module
@@ -111,3 +112,37 @@ def test_the_probes_random_head_draws_are_a_function_of_their_seed() -> None:
     for heads in draws.values():  # per layer as many as selected there, none of the selected
         assert sorted(layer for layer, _ in heads) == [17, 17, 18]
         assert not set(heads) & set(selected)
+
+
+@pytest.mark.parametrize("route", ["two single runs", "an ensemble of two seeds"])
+def test_each_seed_trains_on_its_own_batches_through_the_path_ihlab_train_takes(
+    route: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeds 3 and 4 trained by `train()` as ihlab-train composes and calls it (the launcher's
+    member construction included): the batches each training step received are the seed's own
+    stream, drawn here from a family made for that seed, and the two seeds' batches differ. A
+    member built with another seed's data (say every member on seed 3's) fails here."""
+    trained: list[Batch] = []
+    step = lab_module.LabModule.training_step
+
+    def recording(self: LabModule, batch: Batch, batch_idx: int) -> Tensor:
+        trained.append({k: v.clone() for k, v in batch.items()})
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(lab_module.LabModule, "training_step", recording)
+    overrides = [*FAMILIES["fewshot"], "trainer.max_steps=3", "trainer.score_every=0"]
+    if route == "two single runs":
+        for seed in (3, 4):
+            train_in_process(tmp_path / str(seed), *overrides, f"seed={seed}")
+        received = {3: trained[:3], 4: trained[3:]}
+        received = {seed: [member_batch(b, 0) for b in bs] for seed, bs in received.items()}
+    else:
+        train_in_process(tmp_path / "job", *overrides, "seeds=[3,4]")
+        received = {seed: [member_batch(b, k) for b in trained] for k, seed in enumerate((3, 4))}
+    config = to_train_config(compose_config(quiet(overrides)))
+    for seed, batches in received.items():
+        own = make_family(config.data, seed)
+        assert len(batches) == 3
+        for i, batch in enumerate(batches):
+            assert same(batch, own.train_batch(i)), (seed, i)
+    assert not same(received[3][0], received[4][0])

@@ -44,9 +44,11 @@ class RunPlan:
 
 
 def run_checkpoints(run: Path) -> dict[int, Path]:
-    """Every readable checkpoint of a run by step (`step_*.ckpt` first; `last.ckpt` or
-    `interrupted.ckpt` for a step no periodic one has); not the failure state or the diverged
-    ones."""
+    """Every checkpoint of a run by step (`step_*.ckpt` first; `last.ckpt` or `interrupted.ckpt`
+    for a step no periodic one has); not the failure state or the diverged ones. An unreadable
+    one (truncated, corrupt) is refused, named, rather than skipped: a dissection across training
+    would silently lose that step, and a file that the lab's atomic writes cannot leave half
+    written means the folder was damaged, which the user should know before trusting the rest."""
     found: dict[int, Path] = {}
     folder = RunFiles(run).checkpoints
     paths = sorted(folder.glob("step_*.ckpt")) + sorted(
@@ -55,7 +57,13 @@ def run_checkpoints(run: Path) -> dict[int, Path]:
     for path in paths:
         if path.name == FAILURE or path.parent.name == DIVERGED:
             continue
-        state = load_checkpoint(path)
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:  # atomic writes never leave one: the folder was damaged
+            raise ConfigError(
+                f"runs: {err} Fix: move it out of {folder} (its step is then not dissected), or "
+                "leave the run out of runs."
+            ) from None
         found.setdefault(int(state["global_step"]), path)
     return dict(sorted(found.items()))
 
