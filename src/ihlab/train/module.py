@@ -13,7 +13,8 @@ head's scores show what the network actually used. With `trainer.eval_unclamped`
 and the head scores are also logged without clamps, under "unclamped/".
 
 With `trainer.precision=bf16-mixed` only the training steps run under bfloat16 autocast (the
-weights and the optimizer stay float32); evaluation and head scores run in float32 (`float32`).
+weights and the optimizer stay float32): evaluation turns autocast off (`float32`), and head
+scores are computed in hooks outside the training step, where Lightning's autocast never is.
 """
 
 from __future__ import annotations
@@ -420,13 +421,12 @@ class LabModule(L.LightningModule):
         """Score every member's heads on its probe batch (in the clamped forward) and log them."""
         probe = {k: v.to(self.device) for k, v in self.probe.items()}
         names = tuple(f"blocks.{layer}.attn.pattern" for layer in range(self.model_cfg.n_layers))
-        with float32(self.device):
-            runs = {
-                variant: self.run(
-                    probe, clamped=not variant, cache=names, batched=self.measure_batched
-                )[1]
-                for variant in self.eval_variants
-            }
+        runs = {
+            variant: self.run(
+                probe, clamped=not variant, cache=names, batched=self.measure_batched
+            )[1]
+            for variant in self.eval_variants
+        }
         for k, member in enumerate(self.members):
             if member.diverged is not None:
                 continue
