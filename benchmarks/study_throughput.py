@@ -1,26 +1,27 @@
-"""Whole-study speed: 8 seeds of `fewshot_fast` as separate runs against seed ensembles, and what
-measurement costs a default run. Everything runs `ihlab-train` as a user does (start-up, W&B
-offline, evaluation, head scores, files), side by side in one script.
+"""Whole-study speed: `--seeds` seeds of an experiment as separate runs against batched seed
+ensembles, and what measurement costs a default run. Everything runs `ihlab-train` as a user does
+(start-up, W&B offline unless `--wandb off`, evaluation, head scores, files), side by side.
 
-    python benchmarks/study_throughput.py [--steps 1500] [--seeds 8] [--rounds 1] [--run-rounds 3]
-        [--small]
+    python benchmarks/study_throughput.py [--experiment fewshot_fast] [--steps 1500] [--seeds 8]
+        [--rounds 3] [--run-rounds 3] [--wandb offline] [--small]
 
-Prints the median over rounds of each round's ratio (a round's routes run back to back, so the
-machine's drift over the script's minutes cancels out of its ratios):
-- `study speed-up (ensemble / separate runs): X`: the wall time of today's route,
-  `ihlab-train -m launcher=parallel seed=0,...,7` (one process per seed, two at a time on two
-  cores), over the fastest ensemble route tried: one job of all seeds (torch's threads), or the
-  seeds split into one job per core (`launcher=parallel 'seeds=[..],[..]'`). `--rounds` rounds.
-- `measurement overhead (default run wall / training-only wall): Y`: one default run (evaluation
-  every 100 steps, head scores, W&B offline) over the same run with evaluation, head scores and
-  W&B off; `--run-rounds` alternating rounds (single runs are short, so noisier).
-- `ceiling of the study speed-up (separate runs / floor of an ensemble route): Z`: the separate
-  runs' wall time over the least any ensemble route must spend here: the fastest bare batched
-  loop (bare_ensemble.py: the members' batches drawn from their tasks, training arithmetic and
-  the evaluations; all seeds in one process on torch's threads, or split into one process per
-  core) plus one default run of a single step (start-up, W&B's start and finish, the step-0 head
-  scores; no evaluation). Past that, the floor has no Lightning, hooks, head scores,
-  logging or files, so a real route is slower still.
+Prints the median over rounds of each round's ratio, with every round's (a round's routes run back
+to back, so the machine's drift over the script's minutes cancels out of its ratios):
+- `study speed-up (separate runs / fastest batched route)`: the wall time of
+  `ihlab-train -m launcher=parallel seed=0,...,7` (one process per seed, one per core at a time)
+  over the fastest batched route: one job of all seeds (torch's threads), or the seeds split into
+  one batched job per core (`-m launcher=parallel 'seeds=[..],[..]'`); both with
+  seed_route=batched. Then the route a multirun picks for the experiment (ihlab.train.routes).
+- `measurement overhead (default run wall / training-only wall)`: one default run (evaluation,
+  head scores, W&B) over the same run with evaluation, head scores and W&B off; `--run-rounds`
+  alternating rounds (single runs are short, so noisier).
+- for fewshot_fast, `ceiling of the study speed-up (separate runs / floor of a batched route)`:
+  the separate runs' wall time over the least any batched route must spend here: the fastest
+  bare batched loop (bare_ensemble.py: the members' batches drawn from their tasks, training
+  arithmetic and the evaluations; all seeds in one process on torch's threads, or split into one
+  process per core) plus one default run of a single step (start-up, W&B's start and finish, the
+  step-0 head scores). Past that, the floor has no Lightning, hooks, head scores, logging or
+  files, so a real route is slower still.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from timing import parse
+
+from ihlab.apps.hydra_entry import config_dir
+from ihlab.train.routes import seed_route
+from ihlab.train.schema import register_configs, to_train_config
 
 IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
 CORES = os.cpu_count() or 1
@@ -76,26 +82,34 @@ def seed_groups(seeds: int, groups: int) -> str:
     return ",".join("[" + ",".join(map(str, c)) + "]" for c in chunks)
 
 
+def spread(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="fewshot_fast")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--run-rounds", type=int, default=3)
-    small = {"steps": 4, "seeds": 2, "rounds": 1, "run_rounds": 1}
+    parser.add_argument("--wandb", choices=["offline", "off"], default="offline")
+    small = {"steps": 4, "seeds": 2, "rounds": 1, "run_rounds": 1, "wandb": "off"}
     args = parse(parser, argv, small=small)
-    base = ["experiment=fewshot_fast", "trainer.progress_bar=false"]
+    base = [f"experiment={args.experiment}", "trainer.progress_bar=false", f"wandb={args.wandb}"]
     steps = f"trainer.max_steps={args.steps}"
     seeds = ",".join(map(str, range(args.seeds)))
+    batched = "seed_route=batched"
     routes = {
         "separate runs": ["-m", steps, "launcher=parallel", f"seed={seeds}"],
-        "one ensemble job": [steps, f"seeds=[{seeds}]"],
-        f"{CORES} ensemble jobs": [
+        "one batched job": [steps, f"seeds=[{seeds}]", batched],
+        f"{CORES} batched jobs": [
             "-m",
             steps,
             "launcher=parallel",
             f"hydra.launcher.n_jobs={CORES}",
             f"seeds={seed_groups(args.seeds, CORES)}",
+            batched,
         ],
     }
     measure = {
@@ -107,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "wandb=off",
         ],
     }
-    one_step = ["trainer.max_steps=1"]
+    ceiling = args.experiment == "fewshot_fast"  # bare_ensemble.py is that model written out
     times: dict[str, list[float]] = {}
     root = Path(tempfile.mkdtemp(prefix="ihlab-study-"))
 
@@ -123,34 +137,54 @@ def main(argv: Sequence[str] | None = None) -> None:
         for r in range(args.rounds):
             for name, extra in routes.items():
                 time_route(name, extra, r)
-            for processes in sorted({1, CORES}):
-                name = f"bare batched loop, {processes} process{'es' if processes > 1 else ''}"
-                times.setdefault(name, []).append(bare_seconds(args.seeds, args.steps, processes))
-                print(f"round {r}: {name}: {times[name][-1]:.1f} s", flush=True)
-            time_route("one-step run", one_step, r)
+            if ceiling:
+                for processes in sorted({1, CORES}):
+                    name = f"bare batched loop, {processes} process{'es' * (processes > 1)}"
+                    seconds = bare_seconds(args.seeds, args.steps, processes)
+                    times.setdefault(name, []).append(seconds)
+                    print(f"round {r}: {name}: {seconds:.1f} s", flush=True)
+                time_route("one-step run", ["trainer.max_steps=1"], r)
         for r in range(args.run_rounds):
             for name, extra in measure.items():
                 time_route(name, extra, r)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    ensembles = [n for n in routes if n != "separate runs"]
-    speedups, ceilings = [], []
-    for r in range(args.rounds):
-        separate = times["separate runs"][r]
-        at = {n: t[r] for n, t in times.items() if n not in measure}
-        speedups.append(separate / min(at[n] for n in ensembles))
-        bare = min(t for n, t in at.items() if n.startswith("bare"))
-        ceilings.append(separate / (bare + at["one-step run"]))
+    batched_routes = [n for n in routes if n != "separate runs"]
+    fastest = [min(batched_routes, key=lambda n: times[n][r]) for r in range(args.rounds)]
+    speedups = [times["separate runs"][r] / times[f][r] for r, f in enumerate(fastest)]
     overheads = [d / t for d, t in zip(times["default run"], times["training only"], strict=True)]
     median = statistics.median
-    fastest = min(ensembles, key=lambda n: median(times[n]))
-    print(f"fastest ensemble route: {fastest}")
-    print(f"study speed-up (ensemble / separate runs): {median(speedups):.2f}")
-    print(f"measurement overhead (default run wall / training-only wall): {median(overheads):.2f}")
+    name = args.experiment
+    print(f"fastest batched route per round, {name}: {', '.join(fastest)}")
     print(
-        "ceiling of the study speed-up (separate runs / floor of an ensemble route: bare batched "
-        f"loop + one-step run): {median(ceilings):.2f}"
+        f"study speed-up (separate runs / fastest batched route), {name}, median of "
+        f"{args.rounds}: {median(speedups):.2f} (rounds: {spread(speedups)})"
     )
+    print(f"route a multirun picks for {name}: {lab_route(args.experiment)}")
+    print(
+        f"measurement overhead (default run wall / training-only wall), {name}, median of "
+        f"{args.run_rounds}: {median(overheads):.2f} (rounds: {spread(overheads)})"
+    )
+    if ceiling:
+        floors = [
+            min(t[r] for n, t in times.items() if n.startswith("bare")) + times["one-step run"][r]
+            for r in range(args.rounds)
+        ]
+        ceilings = [times["separate runs"][r] / floor for r, floor in enumerate(floors)]
+        print(
+            "ceiling of the study speed-up (separate runs / floor of a batched route: bare "
+            f"batched loop + one-step run), median of {args.rounds}: {median(ceilings):.2f} "
+            f"(rounds: {spread(ceilings)})"
+        )
+
+
+def lab_route(experiment: str) -> str:
+    """The route `ihlab-train -m experiment=... seeds=[...]` takes, and why."""
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "seeds=[0,1]"])
+    route = seed_route(to_train_config(cfg))
+    return f"{'batched' if route.batched else 'one run per seed'} ({route.reason})"
 
 
 if __name__ == "__main__":

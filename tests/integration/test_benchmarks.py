@@ -65,6 +65,11 @@ EXPECTED = {
             )
         ),
     ],
+    "batching": [
+        rf"^batching gain \(2 seeds batched / one run, member-steps/s\), {name} \(\d+ MFLOP per "
+        rf"member-step\), median of 1: {NUMBER} \(rounds: {NUMBER}\)$"
+        for name in ("fewshot_fast", "fewshot_singh_cpu", "induction_2l", "markov_2l")
+    ],
     "dissect_speed": [
         rf"^{name}: interventions x sequences per second, batched {NUMBER}, loop {NUMBER}; ratio "
         rf"{NUMBER} \(median of 1 rounds: {NUMBER}\)$"
@@ -79,13 +84,18 @@ EXPECTED = {
         rf"^speed-up of new \(\w+, shared\) over the reference, median of 1: {NUMBER}x$",
     ],
     "study_throughput": [
-        rf"^study speed-up \(ensemble / separate runs\): {NUMBER}$",
-        rf"^measurement overhead \(default run wall / training-only wall\): {NUMBER}$",
-        rf"^ceiling of the study speed-up .*: {NUMBER}$",
+        r"^fastest batched route per round, fewshot_fast: (one batched job|\d+ batched jobs)$",
+        rf"^study speed-up \(separate runs / fastest batched route\), fewshot_fast, median of 1: "
+        rf"{NUMBER} \(rounds: {NUMBER}\)$",
+        r"^route a multirun picks for fewshot_fast: batched \(fewshot_fast's 54 MFLOP per "
+        r"member-step is overhead-bound on the CPU .*\)$",
+        rf"^measurement overhead \(default run wall / training-only wall\), fewshot_fast, median "
+        rf"of 1: {NUMBER} \(rounds: {NUMBER}\)$",
+        rf"^ceiling of the study speed-up .*, median of 1: {NUMBER} \(rounds: {NUMBER}\)$",
     ],
 }
 # benchmarks that start processes or load SmolLM2: > 10 s at their small size
-SLOW = {"member_memory", "probe_speed", "study_throughput", "utilisation", "precision"}
+SLOW = {"member_memory", "probe_speed", "study_throughput", "utilisation", "precision", "batching"}
 HELPERS = {"timing"}  # imported by the benchmarks, not a benchmark
 
 

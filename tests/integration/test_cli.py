@@ -136,6 +136,7 @@ def test_a_multirun_of_ensemble_jobs_runs_them_on_parallel_workers(tmp_path: Pat
     """Two conditions x 4 seeds as four ensemble jobs of 2 seeds, two at a time on joblib
     workers: every job writes its record and one run directory per seed."""
     args = ["-m", "launcher=parallel", "clamps=none,prev_token", "seeds=[0,1],[2,3]", *QUICK]
+    args.append("seed_route=batched")  # induction_2l's seeds would train one run each
     result = ihlab_train([*args, "hydra.sweep.dir=sweep"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = {

@@ -35,8 +35,9 @@ from ihlab.runs.ownership import RunDirError, RunLock, contents
 from ihlab.runs.signals import GUARD, Interrupted, exit_as_signalled
 from ihlab.runs.summary import Status
 from ihlab.train.outcome import Outcome, write_record
+from ihlab.train.routes import seed_route
 from ihlab.train.run import run_log, train
-from ihlab.train.schema import register_configs, to_train_config
+from ihlab.train.schema import SeedRoute, TrainConfig, register_configs, to_train_config
 
 log = logging.getLogger("ihlab.train")
 
@@ -79,12 +80,33 @@ def resume_hint(run_dir: Path, multirun: bool) -> str:
     return f"rerun the same command with hydra.run.dir={run_dir} to resume it"
 
 
+def single_command_route(config: TrainConfig) -> None:
+    """A single command (no -m) trains its `seeds` as one batched job: refuse
+    `seed_route=separate`, which only a multirun can honour, and say so where batching was
+    measured slower than separate runs."""
+    if config.seed_route == SeedRoute.separate:
+        raise ConfigError(
+            f"seed_route=separate trains seeds={config.seeds} as one run per seed, which takes a "
+            "multirun. Fix: add -m (ihlab-train -m ...), or drop seed_route."
+        )
+    route = seed_route(config)
+    if not route.batched:
+        log.warning(
+            "seeds=%s trained as one batched job, as asked, though %s; ihlab-train -m trains "
+            "them as one run per seed (docs/speed.md#routes).",
+            config.seeds,
+            route.reason.split(";")[0],
+        )
+
+
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:
     """Validate and train one run, and turn its outcome into the process's: a failure is raised
     (single run) or logged (multirun); an interruption ends the process as the signal would."""
     GUARD.install()
     try:
         config = to_train_config(cfg)
+        if config.seeds and not multirun:
+            single_command_route(config)
     except ConfigError as err:
         log.error("config error: %s", err)
         record_config_error(run_dir, cfg, err)

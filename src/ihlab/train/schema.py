@@ -98,6 +98,14 @@ class TrainerConfig:
             )
 
 
+class SeedRoute(Choice):
+    """How a multirun trains `seeds=[...]` (train/routes.py)."""
+
+    auto = "auto"  # batched where that is measured faster (routes.seed_route), else one per seed
+    batched = "batched"  # one seed-ensemble job
+    separate = "separate"  # one run per seed
+
+
 class ResumeMode(Choice):
     auto = "auto"  # a directory holding this same run, unfinished: continue it; finished: skip
     never = "never"  # refuse any directory that already holds a run
@@ -112,6 +120,9 @@ class TrainConfig:
     # A seed ensemble: these seeds trained as one batched computation, each writing the run
     # directory its single run would (train/members.py). None: one run of `seed`.
     seeds: list[int] | None = None
+    # How a multirun trains `seeds`: auto picks by measurement (train/routes.py); a single
+    # command (no -m) always trains them as one batched job.
+    seed_route: SeedRoute = SeedRoute.auto
     ckpt_path: str | None = None  # resume from this checkpoint (in its own run directory)
     resume: ResumeMode = ResumeMode.auto  # what a start in a directory holding this run does
     replace: bool = False  # move whatever the run directory holds aside, then start fresh
