@@ -26,11 +26,11 @@ from timing import (
     flops_line,
     lab_steps_per_sec,
     measure_peak,
-    model_flops_per_step,
     parse,
 )
 
 from ihlab.apps.hydra_entry import config_dir
+from ihlab.train.routes import flops_per_member_step
 from ihlab.train.schema import register_configs, to_train_config
 
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     peak = measure_peak(0, SMALL_MATMUL if args.small else MATMUL)
     print(peak.line())
-    flops = model_flops_per_step(to_train_config(plain))
+    flops = flops_per_member_step(to_train_config(plain))
     print(flops_line("unclamped", flops, statistics.median(rounds.b), peak))
     print(flops_line(f"clamps={args.clamp}", flops, statistics.median(rounds.a), peak))
 

@@ -48,13 +48,28 @@ IHLAB_TRAIN = str(Path(sys.executable).parent / "ihlab-train")
 CORES = os.cpu_count() or 1
 
 
-def wall(args: list[str], cwd: Path) -> float:
-    """Seconds `ihlab-train args` takes, start-up included; fails loudly if it fails."""
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, all) CPU ticks so far, from Linux's /proc/stat (None elsewhere): steal is the time
+    the hypervisor gave this machine's CPUs to someone else."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields[:8])
+
+
+def wall(args: list[str], cwd: Path) -> tuple[float, float | None]:
+    """Seconds `ihlab-train args` takes, start-up included, and the share of the machine's CPU
+    time stolen meanwhile; fails loudly if it fails."""
+    before = cpu_ticks()
     started = time.perf_counter()
     result = subprocess.run([IHLAB_TRAIN, *args], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"ihlab-train {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+    seconds, after = time.perf_counter() - started, cpu_ticks()
+    if before is None or after is None or after[1] == before[1]:
+        return seconds, None
+    return seconds, (after[0] - before[0]) / (after[1] - before[1])
 
 
 def bare_seconds(members: int, steps: int, processes: int) -> float:
@@ -130,13 +145,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags = [a for a in extra if a == "-m"]  # before the overrides, for argparse
         overrides = [a for a in extra if a != "-m"]
         out = f"hydra.{where}.dir={root}/{r}/{name.replace(' ', '_')}"
-        times.setdefault(name, []).append(wall([*flags, *base, *overrides, out], root))
-        print(f"round {r}: {name}: {times[name][-1]:.1f} s", flush=True)
+        seconds, steal = wall([*flags, *base, *overrides, out], root)
+        times.setdefault(name, []).append(seconds)
+        stolen = "" if steal is None else f" ({steal:.1%} of the CPU time stolen)"
+        print(f"round {r}: {name}: {seconds:.1f} s{stolen}", flush=True)
 
     try:
         for r in range(args.rounds):
-            for name, extra in routes.items():
-                time_route(name, extra, r)
+            order = list(routes)[r % len(routes) :] + list(routes)[: r % len(routes)]
+            for name in order:  # rotated, so that no route always runs first or last
+                time_route(name, routes[name], r)
             if ceiling:
                 for processes in sorted({1, CORES}):
                     name = f"bare batched loop, {processes} process{'es' * (processes > 1)}"

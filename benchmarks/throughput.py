@@ -31,7 +31,6 @@ from timing import (
     flops_line,
     lab_steps_per_sec,
     measure_peak,
-    model_flops_per_step,
     parse,
 )
 from torch import Tensor, nn
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from ihlab.apps.hydra_entry import config_dir
 from ihlab.data import make_family
 from ihlab.model import Transformer
+from ihlab.train.routes import flops_per_member_step
 from ihlab.train.schema import register_configs, to_train_config
 
 
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     peak = measure_peak(0, SMALL_MATMUL if args.small else MATMUL)
     print(peak.line())
-    flops = model_flops_per_step(to_train_config(cfg))
+    flops = flops_per_member_step(to_train_config(cfg))
     median = statistics.median
     print(flops_line("ihlab module", flops, median(single.a), peak))
     print(flops_line("bare loop", flops, median(single.b), peak))

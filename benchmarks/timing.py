@@ -19,7 +19,6 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 from ihlab.data import make_family
-from ihlab.metrics.flops import step_flops
 from ihlab.tracking.loggers import MetricsCSV
 from ihlab.train.members import MemberBatches
 from ihlab.train.module import Member
@@ -94,8 +93,8 @@ def lab_timing(config: TrainConfig, steps: int, out: Path, profile: bool = False
     trainer = build_trainer(config, out)
     timer = StepTimer(warmup)
     trainer.callbacks.append(timer)
-    if profile:
-        trainer.profiler = SimpleProfiler()
+    if profile:  # its report goes to a file in `out`, not to the screen
+        trainer.profiler = SimpleProfiler(dirpath=out, filename="profile")
     trainer.fit(module, datamodule=MemberBatches([m.family for m in members]))
     timing = LabTiming(timer.steps_per_sec)
     if profile:
@@ -112,15 +111,6 @@ def lab_timing(config: TrainConfig, steps: int, out: Path, profile: bool = False
 def lab_steps_per_sec(config: TrainConfig, steps: int, out: Path) -> float:
     """Training steps per second after the warm-up (see `lab_timing`)."""
     return lab_timing(config, steps, out).steps_per_sec
-
-
-def model_flops_per_step(config: TrainConfig) -> int:
-    """Model FLOPs of one training step of one member (ihlab.metrics.flops): the forward and
-    backward matmuls of the model on its training batch's shape."""
-    family = make_family(config.data, config.seed)
-    inputs = family.model_inputs(family.train_batch(0))
-    batch, positions = next(iter(inputs.values())).shape[:2]
-    return step_flops(config.model, family.io, batch, positions).total
 
 
 @dataclass

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from timing import MATMUL, SMALL_MATMUL, LabTiming, lab_timing, measure_peak, model_flops_per_step
-from timing import parse as parse_args
+from timing import MATMUL, SMALL_MATMUL, LabTiming, lab_timing, measure_peak, parse
 
 from ihlab.apps.hydra_entry import config_dir
+from ihlab.train.routes import flops_per_member_step
 from ihlab.train.schema import register_configs, to_train_config
 
 EXPERIMENTS = [
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--experiments", nargs="+", default=EXPERIMENTS)
-    args = parse_args(parser, argv, small={"steps": 6, "rounds": 1})
+    args = parse(parser, argv, small={"steps": 6, "rounds": 1})
     register_configs()
     configs = {}
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bf16 = args.precision == "bf16-mixed"
     for name, cfg in configs.items():
         rate = statistics.median(plain[name])
-        flops = model_flops_per_step(to_train_config(cfg))
+        flops = flops_per_member_step(to_train_config(cfg))
         parts = {p: statistics.median(t.parts[p] for t in profiled[name]) for p in PARTS}
         shown = ", ".join(f"{p} {1e3 * s:.2f}" for p, s in parts.items())
         against = f" = {flops * rate / peak.bfloat16:.1%} of the bfloat16 peak" if bf16 else ""
