@@ -94,8 +94,16 @@ EXPECTED = {
         rf"^ceiling of the study speed-up .*, median of 1: {NUMBER} \(rounds: {NUMBER}\)$",
     ],
 }
-# benchmarks that start processes or load SmolLM2: > 10 s at their small size
-SLOW = {"member_memory", "probe_speed", "study_throughput", "utilisation", "precision", "batching"}
+# benchmarks that start processes, load SmolLM2 or train several models: > 5 s at their small size
+SLOW = {
+    "member_memory",
+    "probe_speed",
+    "study_throughput",
+    "utilisation",
+    "precision",
+    "batching",
+    "dissect_speed",
+}
 HELPERS = {"timing"}  # imported by the benchmarks, not a benchmark
 
 

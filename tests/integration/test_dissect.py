@@ -232,9 +232,9 @@ def manual_forward(
         future = torch.ones(n, n, dtype=torch.bool).triu(1)
         pattern = scores.masked_fill(future, -math.inf).softmax(-1)
         if patterns and layer in patterns:
-            held, matrix = patterns[layer]
+            fixed, matrix = patterns[layer]
             pattern = pattern.clone()
-            pattern[:, held] = matrix
+            pattern[:, fixed] = matrix
         seen.append(pattern)
         z = torch.einsum("bhqk,bkhd->bqhd", pattern, v).clone()
         if zero and layer in zero:

@@ -16,7 +16,14 @@ from ihlab.model import ModelIO
 from ihlab.train.routes import CPU_BATCHING_FLOPS, flops_per_member_step, seed_route
 from ihlab.train.schema import to_train_config
 
-QUICK = ["wandb=off", "trainer.progress_bar=false", "trainer.max_steps=10", "trainer.eval_every=5"]
+QUICK = [
+    "wandb=off",
+    "trainer.progress_bar=false",
+    "trainer.max_steps=4",
+    "trainer.eval_every=2",
+    "trainer.score_every=0",
+    "data.eval_size=32",
+]
 
 
 def route_of(*overrides: str):
@@ -76,7 +83,7 @@ def test_an_overhead_bound_models_seeds_train_as_one_batched_job_per_point(
     tmp_path: Path, ihlab_train_main
 ) -> None:
     args = ["-m", "experiment=fewshot_fast", "clamps=none,prev_token", "seeds=[0,1]", *QUICK]
-    result = ihlab_train_main([*args, "data.eval_size=32", "hydra.sweep.dir=sweep"], tmp_path)
+    result = ihlab_train_main([*args, "hydra.sweep.dir=sweep"], tmp_path)
     assert result.returncode == 0, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("ihlab-train: seeds")]
     assert line.startswith("ihlab-train: seeds [0, 1] as one batched job per point: fewshot_fast")
