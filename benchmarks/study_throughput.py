@@ -10,8 +10,9 @@ to back, so the machine's drift over the script's minutes cancels out of its rat
 - `study speed-up (separate runs / fastest batched route)`: the wall time of
   `ihlab-train -m launcher=parallel seed=0,...,7` (one process per seed, one per core at a time)
   over the fastest batched route: one job of all seeds (torch's threads), or the seeds split into
-  one batched job per core (`-m launcher=parallel 'seeds=[..],[..]'`); both with
-  seed_route=batched. Then the route a multirun picks for the experiment (ihlab.train.routes).
+  one batched job per core (`-m launcher=parallel 'seeds=[..],[..]'`, timed where every job
+  gets at least two seeds: a job of one seed batches nothing); both with seed_route=batched.
+  Then the route a multirun picks for the experiment (ihlab.train.routes).
 - `measurement overhead (default run wall / training-only wall)`: one default run (evaluation,
   head scores, W&B) over the same run with evaluation, head scores and W&B off; `--run-rounds`
   alternating rounds (single runs are short, so noisier).
@@ -118,15 +119,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     routes = {
         "separate runs": ["-m", steps, "launcher=parallel", f"seed={seeds}"],
         "one batched job": [steps, f"seeds=[{seeds}]", batched],
-        f"{CORES} batched jobs": [
+    }
+    if CORES > 1 and args.seeds >= 2 * CORES:
+        routes[f"{CORES} batched jobs"] = [
             "-m",
             steps,
             "launcher=parallel",
             f"hydra.launcher.n_jobs={CORES}",
             f"seeds={seed_groups(args.seeds, CORES)}",
             batched,
-        ],
-    }
+        ]
     measure = {
         "default run": [steps],
         "training only": [

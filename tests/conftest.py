@@ -228,3 +228,10 @@ def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
             config = record.run.config.update
             out["config"].update({key(i): json.loads(i.value_json) for i in config})
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort, the same order on every xdist worker): the long ones start
+    while the other worker has short ones to take, instead of one of them ending the session
+    alone on one core while the other core idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

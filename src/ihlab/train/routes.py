@@ -19,8 +19,10 @@ from ihlab.metrics.flops import step_flops
 from ihlab.train.schema import SeedRoute, TrainConfig
 
 # Model FLOPs per member-step below which batching seeds pays on the CPU. Measured (docs/speed.md,
-# benchmarks/study_throughput.py): fewshot_fast (54 MFLOP) studies 1.3x faster batched;
-# induction_2l (1282 MFLOP) and markov_2l (2221 MFLOP) slower batched than as separate runs.
+# benchmarks/batching.py): 8 batched seeds of fewshot_fast and fewshot_singh_cpu (54 MFLOP) train
+# 2.0-2.2x one run's member-steps per second; induction_2l (1282 MFLOP) 0.84x, the one-layer
+# token models (1411 MFLOP) 0.4-0.5x, markov_2l (2221 MFLOP) 1.0x. Whole studies
+# (benchmarks/study_throughput.py): fewshot_fast 1.38x faster batched, induction_2l 0.97x.
 CPU_BATCHING_FLOPS = 300e6
 
 
