@@ -1,13 +1,15 @@
 """The config resolvers of `conf/`: how run directories are named
 (`outputs/<experiment>/<time>_<condition>_s<seed>`, a multirun's `<job>_<condition>_s<seed>`, a
-resume in a checkpoint's own run directory) and the heads an experiment names for clamp presets.
+resume in a checkpoint's own run directory), the heads an experiment names for clamp presets, and
+values a study sets per condition.
 `ihlab-compare` registers them too, to read the unresolved `.hydra/config.yaml` of runs that have
 no `resolved.yaml`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,6 +20,14 @@ from ihlab.runs.files import CHECKPOINTS
 def clamp_condition(clamps: Iterable[str]) -> str:
     """The default condition name: the clamp names joined by "+", or "baseline" without clamps."""
     return "+".join(str(name) for name in clamps) or "baseline"
+
+
+def per_condition(clamps: Iterable[str], values: Mapping[str, Any], default: Any) -> Any:
+    """`${per_condition:${clamps},{one_head: 62500},9375}`: a value chosen by the clamp condition
+    (`clamp_condition`), `default` for a condition not listed. A study whose conditions run for
+    different lengths (Singh et al.'s normal training against its clamp runs) says so in one
+    sweep."""
+    return values.get(clamp_condition(clamps), default)
 
 
 def seed_tag(seed: int, seeds: list[int] | None) -> str:
@@ -66,5 +76,6 @@ def register_resolvers() -> None:
     """Make the resolvers available to OmegaConf (idempotent)."""
     OmegaConf.register_new_resolver("clamp_condition", clamp_condition, replace=True)
     OmegaConf.register_new_resolver("ihlab_run_dir", run_dir_of, replace=True)
+    OmegaConf.register_new_resolver("per_condition", per_condition, replace=True)
     OmegaConf.register_new_resolver("ihlab_seed_tag", seed_tag, replace=True)
     OmegaConf.register_new_resolver("named_heads", named_heads, replace=True)
