@@ -28,6 +28,7 @@ import torch
 
 from ihlab.errors import ConfigError
 from ihlab.probe.attention import NAME, register
+from ihlab.runs.files import cache_root
 
 DEFAULT_MODEL = "smollm2"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -150,10 +151,8 @@ def load_model(
 
 def gguf_cache(path: Path) -> Path:
     """The folder holding `path`'s dequantized weights (see the module docstring)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ihlab"
-    root = Path(os.environ.get("IHLAB_CACHE") or default)
     stat = path.stat()
-    return root / "gguf" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    return cache_root() / "gguf" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def save_cache(model: Any, tokenizer: Any, folder: Path) -> None:

@@ -17,6 +17,7 @@ An ensemble job's directory holds `ensemble.json` and one such run directory per
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,10 @@ class RunFiles:
         """The files that carry a run's past (copied when a run is branched from a checkpoint):
         metrics.csv and the per-evaluation tables."""
         return [self.metrics, self.table(PER_TOKEN_LOSS), self.table(LOSS_BY_POSITION)]
+
+
+def cache_root() -> Path:
+    """The lab's cache of derived files (dequantized GGUF weights, tokenized corpora):
+    `$IHLAB_CACHE`, else `$XDG_CACHE_HOME/ihlab`, else `~/.cache/ihlab`."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ihlab"
+    return Path(os.environ.get("IHLAB_CACHE") or default)

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from ihlab.data.text.corpus import Document
-from ihlab.data.text.tokenizer import END_OF_TEXT
+from ihlab.data.text.tokenizer import END_OF_TEXT, train_bpe
 
 MAGIC = b"IHLABTOK"
 VERSION = 1
@@ -58,10 +58,7 @@ class TokenFile:
 
 def corpus_key(documents: Sequence[Document], tokenizer: Tokenizer) -> str:
     """SHA-256 of the format, every document (name, split, text) and the tokenizer's JSON."""
-    h = hashlib.sha256(f"ihlab-tokens-v{VERSION}".encode())
-    for doc in documents:
-        h.update(f"\0{doc.name}\0{int(doc.validation)}\0".encode())
-        h.update(doc.text.encode())
+    h = documents_digest(documents)
     h.update(tokenizer.to_str().encode())
     return h.hexdigest()[:24]
 
@@ -142,3 +139,33 @@ def prepare(
         tokens, n_train = tokenize(documents, tokenizer, progress)
         write_token_file(path, tokens, n_train)
     return read_token_file(path, key)
+
+
+def documents_digest(documents: Sequence[Document]) -> hashlib._Hash:
+    """SHA-256 state over every document's name, split and text."""
+    h = hashlib.sha256(f"ihlab-corpus-v{VERSION}".encode())
+    for doc in documents:
+        h.update(f"\0{doc.name}\0{int(doc.validation)}\0".encode())
+        h.update(doc.text.encode())
+    return h
+
+
+def cached_bpe(documents: Sequence[Document], vocab_size: int, cache_dir: Path) -> Tokenizer:
+    """The byte-level BPE of the training documents at `vocab_size`, trained once per corpus
+    and size and kept in `cache_dir` (written atomically, under a lock)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    h = documents_digest(documents)
+    h.update(f"\0bpe\0{vocab_size}".encode())
+    path = cache_dir / f"{h.hexdigest()[:24]}.tokenizer.json"
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            try:
+                return Tokenizer.from_file(str(path))
+            except Exception:  # a damaged file: train it again
+                path.unlink()
+        tokenizer = train_bpe((d.text for d in documents if not d.validation), vocab_size)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.")
+        os.close(fd)
+        tokenizer.save(tmp)
+        os.replace(tmp, path)
+    return tokenizer

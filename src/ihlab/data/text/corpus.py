@@ -113,15 +113,17 @@ def bible_documents(translations: Sequence[str]) -> list[Document]:
 # ---- the user's files
 
 
-def _expand(paths: Sequence[str]) -> list[Path]:
-    """Files named by paths, folders (every file below, recursively) and globs, sorted."""
-    found: set[Path] = set()
+def _expand(paths: Sequence[str]) -> list[tuple[Path, str]]:
+    """(file, name) of the files named by paths, folders (every file below, named by its path
+    inside the folder) and globs (named by file name), sorted by name. Names, not absolute paths,
+    decide the split, so moving a corpus does not change it."""
+    found: dict[str, Path] = {}
     for entry in paths:
         path = Path(entry).expanduser()
         if path.is_dir():
-            found |= {p for p in path.rglob("*") if p.is_file()}
+            found |= {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
         elif path.is_file():
-            found.add(path)
+            found[path.name] = path
         else:
             matches = [Path(p) for p in glob.glob(str(path), recursive=True)]
             if not matches:
@@ -129,8 +131,8 @@ def _expand(paths: Sequence[str]) -> list[Path]:
                     f"data.paths: {entry!r} is no file, folder or glob that matches a file. Fix: "
                     "give existing UTF-8 text or JSONL files."
                 )
-            found |= {p for p in matches if p.is_file()}
-    return sorted(found)
+            found |= {p.name: p for p in matches if p.is_file()}
+    return [(found[name], name) for name in sorted(found)]
 
 
 def _read_utf8(path: Path) -> str:
@@ -148,10 +150,10 @@ def _read_utf8(path: Path) -> str:
 def file_documents(paths: Sequence[str], text_field: str, val_share: float) -> list[Document]:
     """One document per text file, or per line of a `.jsonl` file (its `text_field`)."""
     documents = []
-    for path in _expand(paths):
+    for path, name in _expand(paths):
         text = _read_utf8(path)
         if path.suffix != ".jsonl":
-            documents.append(Document(str(path), text, held_out(str(path), val_share)))
+            documents.append(Document(name, text, held_out(name, val_share)))
             continue
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -164,8 +166,8 @@ def file_documents(paths: Sequence[str], text_field: str, val_share: float) -> l
                     f"data.paths: {path} line {number} is not a JSON object with a "
                     f"{text_field!r} field. Fix: set data.text_field to the field holding the text."
                 ) from None
-            name = f"{path}:{number}"
-            documents.append(Document(name, str(value), held_out(name, val_share)))
+            line_name = f"{name}:{number}"
+            documents.append(Document(line_name, str(value), held_out(line_name, val_share)))
     return documents
 
 

@@ -1,0 +1,92 @@
+"""The text family end to end on a tiny corpus of files: windows drawn from the run's seed, fixed
+evaluation windows, the ICL score recomputed from the run's own loss-by-position table, and bad
+corpora refused in one line before training."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_config, train_in_process
+from ihlab.data import make_family
+from ihlab.errors import ConfigError
+from ihlab.train.schema import to_train_config
+
+WORDS = "the cat sat on a mat and dog ran to big red house in small town with green tree".split()  # noqa: SIM905
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for i in range(12):
+        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(800)))
+    return folder
+
+
+def overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=text_2l",
+        "data.source=files",
+        f"data.paths=[{corpus}]",
+        "data.val_share=0.3",
+        "data.seq_len=65",
+        "data.vocab_size=300",
+        f"data.cache_dir={cache}",
+        "data.eval_size=8",
+        "data.eval_batch_size=8",
+        *extra,
+    ]
+
+
+def family(corpus: Path, cache: Path, seed: int, *extra: str):
+    config = to_train_config(compose_config(overrides(corpus, cache, *extra)))
+    return make_family(config.data, seed)
+
+
+def test_windows_are_the_corpus_drawn_from_the_seed(corpus: Path, tmp_path: Path) -> None:
+    a, b = family(corpus, tmp_path, 0), family(corpus, tmp_path, 1)
+    train = np.asarray(a.token_file.train)
+    text = " " + " ".join(map(str, train.tolist())) + " "
+    batch = a.train_batch(3)["tokens"]
+    assert batch.shape == (a.cfg.batch_size, 65)
+    for window in batch.tolist():  # every window is a run of consecutive training tokens
+        assert " " + " ".join(map(str, window)) + " " in text
+    assert torch.equal(batch, family(corpus, tmp_path, 0).train_batch(3)["tokens"])
+    assert not torch.equal(batch, b.train_batch(3)["tokens"])
+    assert not torch.equal(batch, a.train_batch(4)["tokens"])
+    assert torch.equal(a.eval_sets["eval"]["tokens"], b.eval_sets["eval"]["tokens"])
+    validation = np.asarray(a.token_file.validation)
+    first = a.eval_sets["eval"]["tokens"][0].numpy()
+    assert np.array_equal(first, validation[:65])  # the first fixed window opens the split
+
+
+def test_a_text_run_logs_the_icl_score_of_its_own_loss_by_position(
+    corpus: Path, tmp_path: Path
+) -> None:
+    args = overrides(corpus, tmp_path / "cache", "trainer.max_steps=6", "trainer.eval_every=3")
+    summary = train_in_process(tmp_path / "run", *args, "trainer.score_every=3")
+    assert summary["status"] == "completed"
+    with (tmp_path / "run" / "loss_by_position.csv").open() as f:
+        profile = list(csv.DictReader(f))
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        logged = {r["step"]: r for r in csv.DictReader(f) if r.get("eval/icl_score")}
+    assert [r["step"] for r in profile] == ["3", "6"] == list(logged)
+    for row in profile:  # 64 targets: early n // 10 = 6, late the last, 63
+        by_hand = float(row["pos63"]) - float(row["pos6"])
+        assert float(logged[row["step"]]["eval/icl_score"]) == pytest.approx(by_hand, abs=1e-6)
+    assert any(k.startswith("heads/prefix_matching/") for k in logged["6"])
+
+
+def test_bad_corpora_are_refused_in_one_line(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fewer than one window"):
+        family(corpus, tmp_path, 0, "data.seq_len=100000").token_file  # noqa: B018
+    with pytest.raises(ConfigError, match="validation split is empty"):
+        family(corpus, tmp_path, 0, "data.val_share=1e-9").corpus  # noqa: B018
+    with pytest.raises(ConfigError, match="vocab_size=100"):
+        family(corpus, tmp_path, 0, "data.vocab_size=100")
