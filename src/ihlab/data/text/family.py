@@ -30,7 +30,7 @@ from ihlab.data.base import Batch, LearningTime, register_family
 from ihlab.data.repeated import RepeatedTokensConfig, sample_repeated
 from ihlab.data.text.cache import TokenFile, cached_bpe, prepare
 from ihlab.data.text.corpus import Document, bible_documents, file_documents, hf_documents
-from ihlab.data.text.tokenizer import TokenizerKind, read_tokenizer
+from ihlab.data.text.tokenizer import TokenizerKind, read_tokenizer, smollm2_tokenizer
 from ihlab.data.tokens import TokenDataConfig, TokenFamily
 from ihlab.errors import ConfigError
 from ihlab.model import ModelIO
@@ -145,6 +145,8 @@ class Text(TokenFamily):
         if self.cfg.tokenizer == TokenizerKind.file:
             assert self.cfg.tokenizer_path is not None
             return read_tokenizer(self.cfg.tokenizer_path)
+        if self.cfg.tokenizer == TokenizerKind.smollm2:
+            return smollm2_tokenizer()
         return cached_bpe(self.corpus, self.cfg.vocab_size, self.cache_folder)
 
     @cached_property

