@@ -36,10 +36,6 @@ RUNS = ("0_baseline_s0", "1_baseline_s1", "2_subcircuit_a_s0", "3_subcircuit_a_s
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-# One worker computes this module's fixtures (`sweep` and `result`), not both.
-pytestmark = pytest.mark.xdist_group("compare_sweep")
-
-
 @pytest.fixture(scope="module")
 def sweep(shared_runs: SharedRuns, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A multirun-shaped folder: 4 trained runs (trained once per session, shared by the xdist

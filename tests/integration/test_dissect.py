@@ -57,10 +57,6 @@ def one(result: dict[str, Any], **match: Any) -> dict[str, Any]:
     return row
 
 
-# One worker computes this module's fixtures (`token_dissection`), not both.
-pytestmark = pytest.mark.xdist_group("token_dissection")
-
-
 @pytest.fixture(scope="module")
 def token_dissection(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shared reference run (RUN: checkpoints at 50, 100, 120) dissected, heads zeroed."""

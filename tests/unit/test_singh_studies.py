@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
-from conftest import compose_config
+from ihlab.apps.hydra_entry import config_dir
 from ihlab.train.schema import TrainConfig, to_train_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "conf" / "experiment"
@@ -94,8 +95,15 @@ def sweep_points(study: str) -> set[tuple[str, ...]]:
     return {tuple(sorted(point)) for point in itertools.product(*grid)}
 
 
-def compose(study: str, point: tuple[str, ...]) -> TrainConfig:
-    return to_train_config(compose_config([f"experiment={study}", *point]))
+@pytest.fixture(scope="module")
+def composed() -> dict[tuple[str, tuple[str, ...]], TrainConfig]:
+    """Every point of the table, composed as `ihlab-train` composes it (one Hydra context)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return {
+            (study, point): to_train_config(compose("train", [f"experiment={study}", *point]))
+            for study, table in AUTHORS.items()
+            for point in table
+        }
 
 
 def test_every_paper_scale_study_is_in_the_table() -> None:
@@ -112,10 +120,10 @@ def test_a_study_sweeps_exactly_the_authors_conditions(study: str) -> None:
     ("study", "point"), [(s, p) for s, table in AUTHORS.items() for p in table], ids=str
 )
 def test_each_point_runs_the_authors_length_interval_and_setting(
-    study: str, point: tuple[str, ...]
+    study: str, point: tuple[str, ...], composed: dict[tuple[str, tuple[str, ...]], TrainConfig]
 ) -> None:
     run = AUTHORS[study][point]
-    config = compose(study, point)
+    config = composed[study, point]
     assert config.trainer.max_steps * BATCH == run.iters, run.lines
     assert config.trainer.eval_every == round(run.eval_every / BATCH), run.lines
     assert config.data.batch_size == BATCH and config.optim.lr == LR

@@ -151,6 +151,7 @@ def test_the_token_file_is_a_fresh_tokenization_and_survives_damage(tmp_path: Pa
     assert np.asarray(made.tokens).dtype == np.uint16
 
 
+@pytest.mark.slow  # reads the 98 MB GGUF file's metadata (~7 s)
 def test_the_smollm2_tokenizer_rebuilt_from_the_gguf_round_trips_and_uses_its_tokens() -> None:
     """Decoding inverts encoding, and the ids name the GGUF file's own token strings (read here
     with the gguf package: byte-level BPE writes a space as "Ġ")."""
