@@ -72,6 +72,14 @@ def test_a_text_run_logs_the_icl_score_of_its_own_loss_by_position(
     args = overrides(corpus, tmp_path / "cache", "trainer.max_steps=6", "trainer.eval_every=3")
     summary = train_in_process(tmp_path / "run", *args, "trainer.score_every=3")
     assert summary["status"] == "completed"
+    prepared = family(corpus, tmp_path / "cache", 0).token_file
+    assert summary["data"] == {
+        "source": "files",
+        "documents": {"train": 7, "validation": 5},  # the names hashed into 0.3: doc1, 3, 6, 7, 9
+        "tokens": {"train": prepared.train.size, "validation": prepared.validation.size},
+        "vocab_size": 300,
+        "token_file": prepared.key,
+    }
     with (tmp_path / "run" / "loss_by_position.csv").open() as f:
         profile = list(csv.DictReader(f))
     with (tmp_path / "run" / "metrics.csv").open() as f:

@@ -159,6 +159,11 @@ class DataFamily(ABC):
     def learning_time(self) -> LearningTime:
         """The curve the run's learning time and phase changes are read from, and its threshold."""
 
+    def summary(self) -> dict[str, Any]:
+        """What the run's summary.json records about its data (e.g. a corpus's size and cache
+        key), under "data"; nothing by default."""
+        return {}
+
     @property
     def pca_examples(self) -> int:
         """How many evaluation sequences the per-token-loss PCA follows (each at one position)."""

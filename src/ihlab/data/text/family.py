@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +168,23 @@ class Text(TokenFamily):
                     f"(data.seq_len={self.cfg.seq_len}). Fix: more text, or a shorter seq_len."
                 )
         return prepared
+
+    def summary(self) -> dict[str, Any]:
+        """The corpus's documents, tokens per split, vocabulary and token-file key."""
+        prepared = self.token_file
+        return {
+            "source": str(self.cfg.source),
+            "documents": {
+                "train": sum(not d.validation for d in self.corpus),
+                "validation": sum(d.validation for d in self.corpus),
+            },
+            "tokens": {
+                "train": int(prepared.train.size),
+                "validation": int(prepared.validation.size),
+            },
+            "vocab_size": self.vocab,
+            "token_file": prepared.key,
+        }
 
     def sample(self, split: str, n: int, g: torch.Generator) -> Batch:
         """Training windows at random offsets (`g`); evaluation windows fixed, spread evenly."""
