@@ -5,7 +5,9 @@ corrupted by hand."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,3 +170,35 @@ def test_the_smollm2_tokenizer_rebuilt_from_the_gguf_round_trips_and_uses_its_to
     tokens = [bytes(field.parts[i]).decode() for i in field.data]
     ids = tokenizer.encode("Hello world, hello worlds").ids
     assert "".join(tokens[i] for i in ids) == "HelloĠworld,ĠhelloĠworlds"
+
+
+def _prepare_in_child(folder: str, queue: Any) -> None:
+    tokenizer = train_bpe(TEXTS, vocab_size=300)
+    docs = [Document("t", " ".join(TEXTS) * 50, False), Document("v", TEXTS[1], True)]
+    queue.put(prepare(docs, tokenizer, Path(folder), progress=False).tokens.tolist())
+
+
+def test_two_processes_preparing_the_same_corpus_at_once_leave_one_whole_file(
+    tmp_path: Path,
+) -> None:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [
+        context.Process(target=_prepare_in_child, args=(str(tmp_path), queue)) for _ in "ab"
+    ]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    tokenizer = train_bpe(TEXTS, vocab_size=300)
+    end = tokenizer.token_to_id(END_OF_TEXT)
+    text = " ".join(TEXTS) * 50
+    expected = [*tokenizer.encode(text).ids, end, *tokenizer.encode(TEXTS[1]).ids, end]
+    assert results == [expected, expected]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [
+        f"{Path(p).name}" for p in tmp_path.glob("*.tokens")
+    ]
+    (file,) = tmp_path.glob("*.tokens")
+    assert read_token_file(file, file.stem).tokens.tolist() == expected
