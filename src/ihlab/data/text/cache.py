@@ -12,9 +12,7 @@ detected on opening and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from ihlab.data.text.corpus import Document
 from ihlab.data.text.tokenizer import END_OF_TEXT, train_bpe
+from ihlab.runs.atomic import open_atomic, write_text_atomic
 
 MAGIC = b"IHLABTOK"
 VERSION = 1
@@ -104,23 +103,15 @@ def tokenize(
 
 
 def write_token_file(path: Path, tokens: np.ndarray, n_train: int) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically (`open_atomic`: a temporary file, then a rename)."""
     width = 2 if tokens.size == 0 or int(tokens.max()) < 2**16 else 4
     payload = tokens.astype(np.uint16 if width == 2 else np.uint32).tobytes()
     header = HEADER.pack(
         MAGIC, VERSION, width, tokens.size, n_train, hashlib.sha256(payload).digest()
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, "wb") as f:
+        f.write(header)
+        f.write(payload)
 
 
 def prepare(
@@ -164,8 +155,5 @@ def cached_bpe(documents: Sequence[Document], vocab_size: int, cache_dir: Path) 
             except Exception:  # a damaged file: train it again
                 path.unlink()
         tokenizer = train_bpe((d.text for d in documents if not d.validation), vocab_size)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.")
-        os.close(fd)
-        tokenizer.save(tmp)
-        os.replace(tmp, path)
+        write_text_atomic(path, tokenizer.to_str())
     return tokenizer
