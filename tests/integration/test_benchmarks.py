@@ -93,6 +93,15 @@ EXPECTED = {
         rf"of 1: {NUMBER} \(rounds: {NUMBER}\)$",
         rf"^ceiling of the study speed-up .*, median of 1: {NUMBER} \(rounds: {NUMBER}\)$",
     ],
+    "text_throughput": [
+        rf"^preparation \(files, {NUMBER}M characters, 12 documents\): reading {NUMBER} s, "
+        rf"tokenizer {NUMBER} s, tokenizing {NUMBER}M tokens {NUMBER} s = {NUMBER} tokens/s "
+        rf"\({NUMBER} tokens/s from nothing\)$",
+        rf"^ratio \(ihlab text module / bare loop\), median of 1: {NUMBER} \(rounds: {NUMBER}\)$",
+        PEAK,
+        rf"^ihlab module: {FLOPS}$",
+        rf"^bare loop: {FLOPS}$",
+    ],
 }
 # benchmarks that start processes, load SmolLM2 or train several models: > 5 s at their small size
 SLOW = {

@@ -85,8 +85,10 @@ def test_a_text_run_logs_the_icl_score_of_its_own_loss_by_position(
     with (tmp_path / "run" / "metrics.csv").open() as f:
         logged = {r["step"]: r for r in csv.DictReader(f) if r.get("eval/icl_score")}
     assert [r["step"] for r in profile] == ["3", "6"] == list(logged)
-    for row in profile:  # 64 targets: early n // 10 = 6, late the last, 63
-        by_hand = float(row["pos63"]) - float(row["pos6"])
+    for row in profile:  # 64 targets: early n // 10 = 6, late the last, 63; bands of 10
+        early = [float(row[f"pos{i}"]) for i in range(0, 17)]  # 6 - 10 clipped to 0 .. 6 + 10
+        late = [float(row[f"pos{i}"]) for i in range(53, 64)]  # 63 - 10 .. 63 (the last target)
+        by_hand = sum(late) / len(late) - sum(early) / len(early)
         assert float(logged[row["step"]]["eval/icl_score"]) == pytest.approx(by_hand, abs=1e-6)
     assert any(k.startswith("heads/prefix_matching/") for k in logged["6"])
 

@@ -106,6 +106,7 @@ def test_bad_trainer_value_names_the_key(make_config) -> None:
         (["data.icl_late=500"], "set both target positions of the ICL score, or neither"),
         (["data.icl_early=5", "data.icl_late=500"], "need 0 <= early < late < 63"),
         (["data.icl_early=40", "data.icl_late=10"], "need 0 <= early < late < 63"),
+        (["data.icl_band=-1"], "data.icl_band=-1 must be >= 0"),
         (["trainer.divergence_factor=-1"], "trainer.divergence_factor=-1.0 must be a finite"),
         (["trainer.gradient_clip_val=0"], "trainer.gradient_clip_val=0.0 must be a finite number"),
         (["trainer.devices=0"], "trainer.devices=0 must be >= 1"),

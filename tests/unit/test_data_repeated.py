@@ -163,3 +163,25 @@ def test_make_datamodule_dispatches_on_config_type() -> None:
     assert isinstance(make_family(small, seed=0), FewShot)
     with pytest.raises(TypeError):
         make_family({"vocab_size": 16}, seed=0)  # type: ignore[arg-type]
+
+
+def test_the_icl_score_averages_the_targets_within_its_band() -> None:
+    from ihlab.data.tokens import TokenSplitMetrics
+
+    # losses 0, 1, ..., 19 at the 20 targets of two sequences, the second shifted by +1 late
+    loss = torch.arange(20.0).repeat(2, 1)  # (seq, pos)
+    loss[1, 15:] += 1.0
+    metrics = TokenSplitMetrics(n_examples=2, n_positions=20, icl=(2, 19), band=3)
+    batch = {"tokens": torch.zeros(2, 21, dtype=torch.long)}
+    logits = torch.zeros(2, 20, 5)
+    metrics.update(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)
+    # early: targets 0..5 (2 - 3 clipped to 0), mean 2.5; late: 16..19 (clipped at the end),
+    # mean 17.5 in sequence 0 and 18.5 in sequence 1
+    assert float(metrics.compute()["icl_score"]) == pytest.approx(15.5)
+    terms, _ = metrics.terms(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)[
+        "icl_score"
+    ]
+    assert terms.tolist() == [15.0, 16.0]
+    exact = TokenSplitMetrics(n_examples=2, n_positions=20, icl=(2, 19))
+    exact.update(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)
+    assert float(exact.compute()["icl_score"]) == pytest.approx(19.5 - 2.0)

@@ -123,7 +123,7 @@ class MarkovSplitMetrics(TokenSplitMetrics):
     its excess loss over the bigram predictor."""
 
     def __init__(self, n_examples: int, cfg: MarkovConfig, icl: tuple[int, int]) -> None:
-        super().__init__(n_examples, cfg.model_positions, icl)
+        super().__init__(n_examples, cfg.model_positions, icl, cfg.icl_band)
         self.n_states, self.alpha = cfg.n_states, cfg.alpha
         names = ("loss_unigram", "loss_bigram", "kl_unigram", "kl_bigram")
         self.predictors = torch.nn.ModuleDict({name: MeanMetric() for name in names})

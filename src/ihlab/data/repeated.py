@@ -96,8 +96,10 @@ class RepeatedSplitMetrics(TokenSplitMetrics):
     """Adds the loss on the first occurrence of the segment (nothing to copy) and on its repeats
     (everything to copy)."""
 
-    def __init__(self, n_examples: int, n_positions: int, icl: tuple[int, int]) -> None:
-        super().__init__(n_examples, n_positions, icl)
+    def __init__(
+        self, n_examples: int, n_positions: int, icl: tuple[int, int], band: int = 0
+    ) -> None:
+        super().__init__(n_examples, n_positions, icl, band)
         self.loss_first, self.loss_repeat = MeanMetric(), MeanMetric()
 
     def update(self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor) -> None:
@@ -149,7 +151,7 @@ class RepeatedTokens(TokenFamily):
 
     def split_metrics(self) -> SplitMetrics:
         n = self.cfg.model_positions
-        return RepeatedSplitMetrics(self.pca_examples, n, self.icl_positions())
+        return RepeatedSplitMetrics(self.pca_examples, n, self.icl_positions(), self.cfg.icl_band)
 
     def default_icl_positions(self) -> tuple[int, int]:
         """early: the middle of the first occurrence of the longest segment (a target no copying

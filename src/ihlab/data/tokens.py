@@ -25,6 +25,10 @@ class TokenDataConfig(DataConfig):
     # Target positions of the ICL score (loss late minus loss early); None: the family's default.
     icl_early: int | None = None
     icl_late: int | None = None
+    # The score averages the loss over the targets within `icl_band` of each position (clipped to
+    # the context): 0 reads the two positions alone; a band trades a little locality for a much
+    # smaller standard error where one position's loss is noisy (natural text).
+    icl_band: int = 0
 
     @property
     def model_positions(self) -> int:
@@ -41,6 +45,10 @@ class TokenDataConfig(DataConfig):
                 raise ConfigError(
                     f"data.{key}={getattr(self, key)} must be positive. Fix: set data.{key} >= 1."
                 )
+        if self.icl_band < 0:
+            raise ConfigError(
+                f"data.icl_band={self.icl_band} must be >= 0 (0: the two positions alone)."
+            )
         early, late, n = self.icl_early, self.icl_late, self.model_positions
         if (early is None) != (late is None):
             raise ConfigError(
@@ -54,14 +62,24 @@ class TokenDataConfig(DataConfig):
             )
 
 
+def icl_targets(position: int, band: int, n_positions: int) -> slice:
+    """The targets the ICL score averages at `position`: those within `band`, inside the context."""
+    return slice(max(0, position - band), min(n_positions, position + band + 1))
+
+
 class TokenSplitMetrics(SplitMetrics):
     """Adds the loss at every context position: the ICL score (Olsson et al.: loss at a late
-    target minus loss at an early one) and the loss x position x step picture."""
+    target minus loss at an early one, each averaged over the targets within `band`) and the
+    loss x position x step picture."""
 
-    def __init__(self, n_examples: int, n_positions: int, icl: tuple[int, int]) -> None:
+    def __init__(
+        self, n_examples: int, n_positions: int, icl: tuple[int, int], band: int = 0
+    ) -> None:
         super().__init__(n_examples, n_positions)
         self.profile = PositionalLoss(n_positions)
-        self.icl = icl
+        early, late = icl
+        self.early = icl_targets(early, band, n_positions)
+        self.late = icl_targets(late, band, n_positions)
 
     def update(self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor) -> None:
         super().update(batch, logits, targets, token_loss)
@@ -69,8 +87,8 @@ class TokenSplitMetrics(SplitMetrics):
 
     def compute(self) -> dict[str, Tensor]:
         profile = self.profile.compute()  # (pos,)
-        early, late = self.icl
-        return {**super().compute(), "icl_score": profile[late] - profile[early]}
+        icl = profile[self.late].mean() - profile[self.early].mean()
+        return {**super().compute(), "icl_score": icl}
 
     def rows(self) -> dict[str, Tensor]:
         return {**super().rows(), LOSS_BY_POSITION: self.profile.compute()}
@@ -78,8 +96,8 @@ class TokenSplitMetrics(SplitMetrics):
     def terms(
         self, batch: Batch, logits: Tensor, targets: Tensor, token_loss: Tensor
     ) -> dict[str, Terms]:
-        early, late = self.icl
-        icl = (token_loss[:, late] - token_loss[:, early]).detach().double()  # (seq,)
+        late, early = token_loss[:, self.late], token_loss[:, self.early]  # (seq, band)
+        icl = (late.mean(dim=1) - early.mean(dim=1)).detach().double()  # (seq,)
         return {
             **super().terms(batch, logits, targets, token_loss),
             "icl_score": (icl, icl * 0 + 1),
@@ -110,7 +128,7 @@ class TokenFamily(DataFamily):
 
     def split_metrics(self) -> SplitMetrics:
         n = self.cfg.model_positions
-        return TokenSplitMetrics(self.pca_examples, n, self.icl_positions())
+        return TokenSplitMetrics(self.pca_examples, n, self.icl_positions(), self.cfg.icl_band)
 
     def table_columns(self) -> dict[str, list[str]]:
         positions = [f"pos{i}" for i in range(self.cfg.model_positions)]
