@@ -178,9 +178,7 @@ def test_the_icl_score_averages_the_targets_within_its_band() -> None:
     # early: targets 0..5 (2 - 3 clipped to 0), mean 2.5; late: 16..19 (clipped at the end),
     # mean 17.5 in sequence 0 and 18.5 in sequence 1
     assert float(metrics.compute()["icl_score"]) == pytest.approx(15.5)
-    terms, _ = metrics.terms(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)[
-        "icl_score"
-    ]
+    terms, _ = metrics.terms(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)["icl_score"]
     assert terms.tolist() == [15.0, 16.0]
     exact = TokenSplitMetrics(n_examples=2, n_positions=20, icl=(2, 19))
     exact.update(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)
