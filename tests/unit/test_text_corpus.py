@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ihlab.data.text.corpus import (
     bible_documents,
     file_documents,
     held_out,
+    hf_documents,
 )
 from ihlab.data.text.tokenizer import END_OF_TEXT, train_bpe
 from ihlab.errors import ConfigError
@@ -114,6 +116,30 @@ def test_bad_files_fail_in_one_line_naming_the_file(tmp_path: Path) -> None:
     rows.write_text('{"body": "x"}\n')
     with pytest.raises(ConfigError, match=r"rows.jsonl line 1 .* 'text' field"):
         file_documents([str(rows)], "text", 0.0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\t")
+    with pytest.raises(ConfigError, match=r"data\.paths: .*empty\.txt is empty"):
+        file_documents([str(empty)], "text", 0.0)
+
+
+def test_a_dataset_saved_to_disk_gives_one_document_per_row_split_by_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = [f"story number {i} about a cat" for i in range(40)]
+    folder = tmp_path / "stories"
+    table = datasets.Dataset.from_dict({"story": rows, "id": list(range(40))})
+    datasets.DatasetDict({"train": table}).save_to_disk(str(folder))
+    docs = hf_documents(str(folder), "train", "story", 0.25)
+    assert [d.text for d in docs] == rows
+    names = [f"stories/train/{i}" for i in range(40)]  # by folder name: moving it keeps the split
+    assert [d.validation for d in docs] == [held_out(n, 0.25) for n in names]
+    assert 0 < sum(d.validation for d in docs) < 40
+    with pytest.raises(ConfigError, match=r"data.text_field='text': the dataset's columns are"):
+        hf_documents(str(folder), "train", "text", 0.25)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="needs the datasets package"):
+        hf_documents(str(folder), "train", "story", 0.25)
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Ünïcödé — and emoji 🦊 too.\n"] * 20

@@ -11,20 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ihlab.data.text.corpus import Document
 from ihlab.probe.columns import check_heads_exist
 from ihlab.probe.config import ProbeConfig
 from ihlab.probe.models import model_config, model_shape
 from ihlab.probe.prompts import Prompt, load_hf_rows, make_prompts, read_nlp_rows
+from ihlab.probe.text_icl import text_documents
 
 PromptSets = dict[tuple[str, int, int], list[Prompt]]  # (task, shots, seed) -> prompts
 
 
 @dataclass
 class Inputs:
-    """What the probe needs besides the weights: the model's config and the prompt sets."""
+    """What the probe needs besides the weights: the model's config, the prompt sets and the
+    documents of the text ICL score (none when `text.windows` is 0)."""
 
     config: Any
     prompt_sets: PromptSets
+    text: list[Document]
 
 
 def plan(cfg: ProbeConfig) -> list[tuple[str, int]]:
@@ -51,4 +55,5 @@ def read_inputs(cfg: ProbeConfig) -> Inputs:
         for task, shots in plan(cfg)
         for seed in t.seeds
     }
-    return Inputs(config, prompt_sets)
+    text = text_documents(cfg.text) if cfg.text.windows else []
+    return Inputs(config, prompt_sets, text)

@@ -57,11 +57,30 @@ class TaskConfig:
 
 
 @dataclass
+class TextICLConfig:
+    """Olsson et al.'s ICL score on natural text (probe/text_icl.py): the loss at context index
+    `late` minus at `early`, each averaged over the targets within `band`, over `windows` fixed
+    windows of `context` tokens of held-out text, for every result column."""
+
+    windows: int = 32  # 0: no text measurement
+    context: int = 512
+    early: int = 50
+    late: int = 500
+    band: int = 10
+    # your text (files, folders, globs of UTF-8 text or JSONL with text_field); empty: the
+    # default corpus's validation books (ihlab.data.text.corpus)
+    paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    batch_size: int = 4
+
+
+@dataclass
 class ProbeConfig:
     model: ModelSource = field(default_factory=ModelSource)
     prefix: PrefixProtocol = field(default_factory=PrefixProtocol)
     select: SelectConfig = field(default_factory=SelectConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    text: TextICLConfig = field(default_factory=TextICLConfig)
     # Extra result columns as clamp specs in the lab's site vocabulary (clamps/spec.py), e.g.
     # {site: blocks.18.attn.z, heads: [6], value: zero} or {site: blocks.18.attn.scores,
     # heads: [6], value: knockout}.
@@ -127,3 +146,28 @@ def check_config(cfg: ProbeConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size}: need at least 1.")
     for name, spec in cfg.interventions.items():
         intervention_condition(name, spec)  # raises ConfigError naming the key
+    check_text(cfg.text)
+
+
+def check_text(text: TextICLConfig) -> None:
+    """The text ICL score's sizes: bands inside the context, in order."""
+    if text.windows < 0 or text.batch_size < 1 or text.band < 0:
+        raise ConfigError(
+            f"text.windows={text.windows}, text.batch_size={text.batch_size}, "
+            f"text.band={text.band}: need windows >= 0 (0: no text score), batch_size >= 1, "
+            "band >= 0."
+        )
+    if text.windows == 1:
+        raise ConfigError("text.windows=1: an interval needs 2 windows or more (0: none).")
+    if text.early - text.band < 0 or text.early + text.band >= text.late - text.band:
+        raise ConfigError(
+            f"text.early={text.early}, text.late={text.late}, text.band={text.band}: the bands "
+            "must not overlap and the early one must start at index 0 or later. Fix: e.g. "
+            "text.early=50 text.late=500 text.band=10."
+        )
+    if text.late + text.band >= text.context:
+        raise ConfigError(
+            f"text.late={text.late} + text.band={text.band} is beyond the context "
+            f"(text.context={text.context}): the late band's targets must be inside it. Fix: "
+            f"raise text.context to {text.late + text.band + 1} or lower text.late."
+        )

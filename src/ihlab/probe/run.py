@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,13 @@ from ihlab.probe.report import (
     write_results_csv,
 )
 from ihlab.probe.results import make_row
+from ihlab.probe.text_icl import (
+    band_losses,
+    text_icl_cells,
+    text_icl_markdown,
+    text_windows,
+    write_text_icl,
+)
 from ihlab.runs.checkpoints import CheckpointError
 from ihlab.sites import head_name
 
@@ -71,6 +79,7 @@ def run_probe(cfg: ProbeConfig, out: Path) -> dict[str, Any]:
         loaded.n_heads,
         loaded.n_kv_heads,
     )
+    windows = text_windows(loaded.tokenizer, inputs.text, cfg.text) if inputs.text else None
     loaded_at = time.perf_counter()
     scores = pretrained_head_scores(loaded, cfg.prefix)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +111,15 @@ def run_probe(cfg: ProbeConfig, out: Path) -> dict[str, Any]:
             {name: round(cell.accuracy, 1) for name, cell in row.cells.items()},
         )
     write_results_csv(out, rows)
-    (out / "results.md").write_text(results_markdown(rows, loaded.name))
+    markdown = results_markdown(rows, loaded.name)
+    text_cells = []
+    if windows is not None:
+        losses = band_losses(loaded, windows, conditions, cfg.text, means, cfg.progress)
+        text_cells = text_icl_cells(cols, losses)
+        write_text_icl(out, text_cells)
+        markdown += "\n" + text_icl_markdown(text_cells, cfg.text, loaded.name)
+        log.info("text ICL score: %s", {c.column: round(c.icl, 3) for c in text_cells})
+    (out / "results.md").write_text(markdown)
     plot_results(out, rows, loaded.name)
     write_predictions(out, rows, {c.name: [cond.name for cond in c.conditions] for c in cols})
     names = [c.name for c in cols]
@@ -121,6 +138,7 @@ def run_probe(cfg: ProbeConfig, out: Path) -> dict[str, Any]:
         "max_prefix_matching": float(scores["prefix_matching"].max()),
         "prompts_per_row": rows[0].cells["full"].n,
         "mean_accuracy": {n: sum(r.cells[n].accuracy for r in rows) / len(rows) for n in names},
+        "text_icl": {c.column: asdict(c) for c in text_cells},
         "load_time_s": loaded_at - started,
         "wall_time_s": time.perf_counter() - started,
         "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),

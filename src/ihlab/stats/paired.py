@@ -71,6 +71,16 @@ def signed_rank(x: Tensor, y: Tensor) -> float:
     return float(wilcoxon(x.double().numpy(), y.double().numpy()).pvalue)
 
 
+def t_interval(x: Tensor) -> tuple[float, float]:
+    """Mean and 95% half-width from Student's t (for a few dozen samples, where the normal
+    approximation is too narrow); nan with one sample."""
+    x = x.double()
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    half = float(student_t.ppf(0.975, len(x) - 1)) * float(x.std()) / math.sqrt(len(x))
+    return float(x.mean()), half
+
+
 def mean_interval(x: Tensor) -> tuple[float, float]:
     """Mean and 95% half-width (normal approximation: the means here average >= 100 prompts)."""
     x = x.double()

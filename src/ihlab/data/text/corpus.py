@@ -113,7 +113,7 @@ def bible_documents(translations: Sequence[str]) -> list[Document]:
 # ---- the user's files
 
 
-def _expand(paths: Sequence[str]) -> list[tuple[Path, str]]:
+def _expand(paths: Sequence[str], key: str) -> list[tuple[Path, str]]:
     """(file, name) of the files named by paths, folders (every file below, named by its path
     inside the folder) and globs (named by file name), sorted by name. Names, not absolute paths,
     decide the split, so moving a corpus does not change it."""
@@ -128,30 +128,38 @@ def _expand(paths: Sequence[str]) -> list[tuple[Path, str]]:
             matches = [Path(p) for p in glob.glob(str(path), recursive=True)]
             if not matches:
                 raise ConfigError(
-                    f"data.paths: {entry!r} is no file, folder or glob that matches a file. Fix: "
+                    f"{key}.paths: {entry!r} is no file, folder or glob that matches a file. Fix: "
                     "give existing UTF-8 text or JSONL files."
                 )
             found |= {p.name: p for p in matches if p.is_file()}
     return [(found[name], name) for name in sorted(found)]
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: Path, key: str) -> str:
+    """The file's text; an empty file (or one of whitespace only) is refused, not skipped: a
+    corpus that silently lost a file would train on less than the user meant."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(
-            f"data.paths: {path} is not UTF-8 (byte offset {err.start}: "
+            f"{key}.paths: {path} is not UTF-8 (byte offset {err.start}: "
             f"{data[err.start : err.start + 4]!r}). Fix: convert it to UTF-8 "
             "(e.g. iconv -t UTF-8) or leave it out."
         ) from None
+    if not text.strip():
+        raise ConfigError(f"{key}.paths: {path} is empty. Fix: leave it out or give it text.")
+    return text
 
 
-def file_documents(paths: Sequence[str], text_field: str, val_share: float) -> list[Document]:
-    """One document per text file, or per line of a `.jsonl` file (its `text_field`)."""
+def file_documents(
+    paths: Sequence[str], text_field: str, val_share: float, key: str = "data"
+) -> list[Document]:
+    """One document per text file, or per line of a `.jsonl` file (its `text_field`); errors
+    name `key`'s fields (`data.paths` for a training run)."""
     documents = []
-    for path, name in _expand(paths):
-        text = _read_utf8(path)
+    for path, name in _expand(paths, key):
+        text = _read_utf8(path, key)
         if path.suffix != ".jsonl":
             documents.append(Document(name, text, held_out(name, val_share)))
             continue
@@ -163,8 +171,9 @@ def file_documents(paths: Sequence[str], text_field: str, val_share: float) -> l
                 value = row[text_field]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ConfigError(
-                    f"data.paths: {path} line {number} is not a JSON object with a "
-                    f"{text_field!r} field. Fix: set data.text_field to the field holding the text."
+                    f"{key}.paths: {path} line {number} is not a JSON object with a "
+                    f"{text_field!r} field. Fix: set {key}.text_field to the field holding the "
+                    "text."
                 ) from None
             line_name = f"{name}:{number}"
             documents.append(Document(line_name, str(value), held_out(line_name, val_share)))
@@ -183,11 +192,14 @@ def hf_documents(name: str, split: str, text_field: str, val_share: float) -> li
         raise ConfigError(
             "data.source=hf needs the datasets package. Fix: pip install datasets."
         ) from None
-    if Path(name).expanduser().is_dir():
-        loaded = datasets.load_from_disk(str(Path(name).expanduser()))
+    folder = Path(name).expanduser()
+    if folder.is_dir():  # named by the folder's name: moving it keeps the split
+        label = folder.name
+        loaded = datasets.load_from_disk(str(folder))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded[split]
     else:
+        label = name
         loaded = datasets.load_dataset(name, split=split)
     if text_field not in loaded.column_names:
         raise ConfigError(
@@ -195,6 +207,6 @@ def hf_documents(name: str, split: str, text_field: str, val_share: float) -> li
             "Fix: name the column holding the text."
         )
     return [
-        Document(f"{name}/{split}/{i}", str(text), held_out(f"{name}/{split}/{i}", val_share))
+        Document(f"{label}/{split}/{i}", str(text), held_out(f"{label}/{split}/{i}", val_share))
         for i, text in enumerate(loaded[text_field])
     ]
