@@ -1,0 +1,1 @@
+"""Lab models handed to other tools: TransformerLens (`lens`)."""
