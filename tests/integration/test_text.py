@@ -14,6 +14,7 @@ import torch
 
 from conftest import compose_config, train_in_process
 from ihlab.data import make_family
+from ihlab.data.text.tokenizer import train_bpe
 from ihlab.errors import ConfigError
 from ihlab.train.schema import to_train_config
 
@@ -100,3 +101,24 @@ def test_bad_corpora_are_refused_in_one_line(corpus: Path, tmp_path: Path) -> No
         family(corpus, tmp_path, 0, "data.val_share=1e-9").corpus  # noqa: B018
     with pytest.raises(ConfigError, match="vocab_size=100"):
         family(corpus, tmp_path, 0, "data.vocab_size=100")
+
+
+def test_a_tokenizer_that_outgrew_the_checkpoint_is_refused_before_the_resume(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The model's vocabulary is the tokenizer's: a tokenizer file replaced by a larger one
+    since the run started no longer fits the checkpoint's embedding. Resuming is refused in one
+    line before the run directory changes."""
+    texts = [p.read_text() for p in sorted(corpus.iterdir())]
+    tokenizer = tmp_path / "tokenizer.json"
+    train_bpe(texts, 300).save(str(tokenizer))
+    args = overrides(corpus, tmp_path / "cache", "data.tokenizer=file")
+    args += [f"data.tokenizer_path={tokenizer}", "trainer.eval_every=2", "trainer.score_every=2"]
+    run = tmp_path / "run"
+    train_in_process(run, *args, "trainer.max_steps=2", "trainer.checkpoint_every=2")
+    train_bpe(texts, 340).save(str(tokenizer))  # the file replaced: 340 tokens
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ConfigError, match=r"its model was built for .*d_vocab=300.* the data now"):
+        train_in_process(run, *args, "trainer.max_steps=4", "trainer.checkpoint_every=2")
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before

@@ -37,11 +37,14 @@ from ihlab.clamps.engine import build_clamp_set
 from ihlab.data import make_family
 from ihlab.data.base import DataFamily
 from ihlab.runs.atomic import write_text_atomic
+from ihlab.errors import ConfigError
+from ihlab.model import from_shape_state
 from ihlab.runs.checkpoints import (
     AtomicCheckpointIO,
     PeriodicCheckpoint,
     checkpoint_step,
     latest_checkpoint,
+    load_checkpoint,
 )
 from ihlab.runs.files import DIVERGED, FAILURE, INTERRUPTED, JOB_RECORD, SUMMARY, RunFiles
 from ihlab.runs.ownership import RunLock, RunPlan, plan_run
@@ -212,6 +215,8 @@ def train(
     """
     run_dir = Path(run_dir)
     runs = member_runs(config, run_dir, resolved)
+    # the data first: a bad corpus, file or tokenizer fails here, before the directory is touched
+    families = [make_family(run.config.data, run.seed) for run in runs]
     with RunLock(run_dir), GUARD.deferring():
         plan = plan_run(
             run_dir,
@@ -232,8 +237,26 @@ def train(
                 plan.done["steps"],
             )
             return plan.done
+        if plan.checkpoint is not None:
+            check_checkpoint_io(plan.checkpoint, families[0])
         with run_log(run_dir):
-            return _train(config, run_dir, resolved, runs, plan, hydra_files or {})
+            return _train(config, run_dir, resolved, runs, families, plan, hydra_files or {})
+
+
+def check_checkpoint_io(checkpoint: Path, family: DataFamily) -> None:
+    """Refuse to resume a model whose input or output sizes differ from what the data now gives
+    (a tokenizer file replaced since the run started: its vocabulary no longer fits the
+    checkpoint's embedding)."""
+    saved = load_checkpoint(checkpoint).get("ihlab_model")
+    if saved is None:
+        return
+    _, io = from_shape_state(saved)
+    if io != family.io:
+        raise ConfigError(
+            f"{checkpoint}: its model was built for {io}, the data now gives {family.io} (a "
+            "tokenizer or data file changed since the run started?). Fix: restore the data the "
+            "run trained on, or start a new run."
+        )
 
 
 def _train(
@@ -241,6 +264,7 @@ def _train(
     run_dir: Path,
     resolved: dict[str, Any],
     runs: list[MemberRun],
+    families: list[DataFamily],
     plan: RunPlan,
     hydra_files: Mapping[str, str],
 ) -> dict[str, Any]:
@@ -259,11 +283,11 @@ def _train(
     members: list[Member] = []
     fit_seconds = math.nan
     try:
-        for run in runs:
+        for run, family in zip(runs, families, strict=True):
             if ensemble:
                 write_text_atomic(RunFiles(run.run_dir).resolved, OmegaConf.to_yaml(run.resolved))
             sweep_run = run is runs[0]  # a sweep agent's run id goes to the first member
-            members.append(make_member(run, plan, start_step, ensemble, sweep_run))
+            members.append(make_member(run, family, plan, start_step, ensemble, sweep_run))
         what = f"{len(runs)} seeds of " if ensemble else ""
         log.info(
             "%s %s%s in %s",
@@ -312,12 +336,17 @@ def _train(
 
 
 def make_member(
-    run: MemberRun, plan: RunPlan, start_step: int, ensemble: bool, sweep_run: bool
+    run: MemberRun,
+    family: DataFamily,
+    plan: RunPlan,
+    start_step: int,
+    ensemble: bool,
+    sweep_run: bool,
 ) -> Member:
-    """A seed's data family, loggers and tables; on a resume its rows after the checkpoint are
-    dropped (they are redone). `sweep_run`: this member's W&B run may be a sweep agent's."""
+    """A seed's member of the job: its data family, loggers and tables; on a resume its rows
+    after the checkpoint are dropped (they are redone). `sweep_run`: this member's W&B run may
+    be a sweep agent's."""
     cfg = run.config
-    family = make_family(cfg.data, run.seed)
     tables = run_tables(family, run.run_dir)
     csv_logger = MetricsCSV(RunFiles(run.run_dir).metrics, cfg.data.batch_size)
     if plan.checkpoint is not None:
