@@ -36,9 +36,9 @@ from omegaconf import OmegaConf
 from ihlab.clamps.engine import build_clamp_set
 from ihlab.data import make_family
 from ihlab.data.base import DataFamily
-from ihlab.runs.atomic import write_text_atomic
 from ihlab.errors import ConfigError
 from ihlab.model import from_shape_state
+from ihlab.runs.atomic import write_text_atomic
 from ihlab.runs.checkpoints import (
     AtomicCheckpointIO,
     PeriodicCheckpoint,
