@@ -5,6 +5,7 @@ corpora refused in one line before training."""
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -122,3 +123,32 @@ def test_a_tokenizer_that_outgrew_the_checkpoint_is_refused_before_the_resume(
         train_in_process(run, *args, "trainer.max_steps=4", "trainer.checkpoint_every=2")
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
+
+
+def test_compare_fits_one_loss_pca_over_text_runs_that_scored_the_same_windows(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from ihlab.compare.study import compare
+
+    args = overrides(corpus, tmp_path / "cache", "trainer.max_steps=8", "trainer.eval_every=2")
+    for seed in (0, 1):
+        train_in_process(tmp_path / "study" / f"s{seed}", *args, f"seed={seed}")
+    summaries = [
+        json.loads((tmp_path / "study" / f"s{s}" / "summary.json").read_text()) for s in (0, 1)
+    ]
+    assert summaries[0]["eval_set"] == summaries[1]["eval_set"]  # fixed windows, every seed
+    result = compare([tmp_path / "study"], out=tmp_path / "out")
+    with (tmp_path / "out" / "loss_pca_joint.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["eval_set"] for r in rows} == {summaries[0]["eval_set"]}
+    stacked = []  # by hand: every evaluation of both runs, centred together, projected
+    for seed in (0, 1):
+        with (tmp_path / "study" / f"s{seed}" / "per_token_loss.csv").open() as f:
+            stacked += [[float(v) for v in r[1:]] for r in list(csv.reader(f))[1:]]
+    x = np.array(stacked) - np.array(stacked).mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    expected = u[:, :2] * s[:2]  # (rows, 2), up to each component's sign
+    got = np.array([[float(r["pc1"]), float(r["pc2"])] for r in rows])
+    assert len(got) == 8  # 4 evaluations (steps 2, 4, 6, 8) x 2 runs
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-6)
+    assert Path(result["files"]["loss_pca"]).is_file()

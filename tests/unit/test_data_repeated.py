@@ -183,3 +183,19 @@ def test_the_icl_score_averages_the_targets_within_its_band() -> None:
     exact = TokenSplitMetrics(n_examples=2, n_positions=20, icl=(2, 19))
     exact.update(batch, logits, torch.zeros(2, 20, dtype=torch.long), loss)
     assert float(exact.compute()["icl_score"]) == pytest.approx(19.5 - 2.0)
+
+
+def test_the_eval_fingerprint_names_the_evaluation_sequences() -> None:
+    """Same seed, same fingerprint; another seed draws other sequences (ihlab-compare fits one
+    loss PCA per fingerprint); the hash is of the sequences, recomputed here."""
+    import hashlib
+
+    a, b = RepeatedTokens(RepeatedTokensConfig(), 0), RepeatedTokens(RepeatedTokensConfig(), 1)
+    assert a.eval_fingerprint() == RepeatedTokens(RepeatedTokensConfig(), 0).eval_fingerprint()
+    assert a.eval_fingerprint() != b.eval_fingerprint()
+    h = hashlib.sha256()
+    for split, batch in sorted(a.eval_sets.items()):
+        for key, tensor in sorted(batch.items()):
+            h.update(f"{split}/{key}/{tuple(tensor.shape)}/{tensor.dtype}".encode())
+            h.update(tensor.numpy().tobytes())
+    assert a.eval_fingerprint() == h.hexdigest()[:16]

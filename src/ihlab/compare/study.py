@@ -27,6 +27,12 @@ import numpy as np
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ihlab.compare.loss_pca import (
+    group_loss_profiles,
+    joint_loss_pca,
+    plot_loss_by_position,
+    plot_loss_pca,
+)
 from ihlab.compare.plots import (
     final_head_scores,
     mean_grids,
@@ -344,7 +350,9 @@ def compare(
 ) -> dict[str, Any]:
     """Compare the completed runs under `run_paths`, grouped by `group_by`, against `baseline`.
 
-    Writes comparison.csv, comparison.md, learning_time.png, curves.png, onsets.png, heads.png and
+    Writes comparison.csv, comparison.md, learning_time.png, curves.png, onsets.png, heads.png,
+    loss_pca_joint.csv and loss_pca.png (the per-token-loss PCA fitted jointly over runs that
+    scored the same examples, `loss_pca.py`; when the runs have per-token losses) and
     report.html to `out` (default: the first folder in `run_paths` that is not itself a run, else
     the current directory) and returns {"group_by", "baseline", "metric", "out", "rows"
     (comparison.csv's rows), "runs" (each completed run's pooled values), "skipped" ([{"dir",
@@ -415,6 +423,16 @@ def compare(
         kinds = dict.fromkeys(k for f in finals for k in f)
         heads[g] = {k: mean_grids([f[k] for f in finals if k in f]) for k in kinds}
     plot_heads(files["heads"], heads)
+    pca_rows, explained = joint_loss_pca(done)
+    if pca_rows:
+        files["loss_pca_joint.csv"] = out / "loss_pca_joint.csv"
+        files["loss_pca"] = out / "loss_pca.png"
+        write_csv(files["loss_pca_joint.csv"], pca_rows)
+        plot_loss_pca(files["loss_pca"], pca_rows, explained)
+    profiles = group_loss_profiles(done, groups)
+    if profiles:
+        files["loss_by_position"] = out / "loss_by_position.png"
+        plot_loss_by_position(files["loss_by_position"], profiles)
     files["report.html"] = out / "report.html"
     plots = {name: path for name, path in files.items() if path.suffix == ".png"}
     write_report(files["report.html"], files["comparison.md"], plots)

@@ -11,6 +11,7 @@ on which family it is. A family is one module under `ihlab/data/` (a config data
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -158,6 +159,16 @@ class DataFamily(ABC):
     @abstractmethod
     def learning_time(self) -> LearningTime:
         """The curve the run's learning time and phase changes are read from, and its threshold."""
+
+    def eval_fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of the evaluation sequences: runs with the same fingerprint
+        scored the same examples, so their per-token losses share one PCA (ihlab-compare)."""
+        h = hashlib.sha256()
+        for split, batch in sorted(self.eval_sets.items()):
+            for key, tensor in sorted(batch.items()):
+                h.update(f"{split}/{key}/{tuple(tensor.shape)}/{tensor.dtype}".encode())
+                h.update(tensor.contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
         """What the run's summary.json records about its data (e.g. a corpus's size and cache

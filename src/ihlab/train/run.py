@@ -379,6 +379,7 @@ def finish_member(run: MemberRun, member: Member | None, outcome: Outcome) -> di
         "sequences": outcome.steps * cfg.data.batch_size,
         **measure(run.run_dir, outcome.steps, learning, outcome.status),
         "data": member.family.summary() if member is not None else {},
+        "eval_set": member.family.eval_fingerprint() if member is not None else None,
         "history_from": str(outcome.plan.history_from) if outcome.plan.history_from else None,
         "steps_per_sec": outcome.steps_per_sec,
     }
