@@ -152,3 +152,32 @@ def test_compare_fits_one_loss_pca_over_text_runs_that_scored_the_same_windows(
     assert len(got) == 8  # 4 evaluations (steps 2, 4, 6, 8) x 2 runs
     np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-6)
     assert Path(result["files"]["loss_pca"]).is_file()
+
+
+def test_dissect_reads_a_text_runs_icl_score_as_the_run_logged_it(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """ihlab-dissect on a text run: the intact model's ICL score at each checkpoint is the run's
+    own logged eval/icl_score (the same fixed windows and band), and ablating a head moves it."""
+    from ihlab.dissect.run import dissect
+    from ihlab.dissect.spec import DissectConfig
+
+    args = overrides(corpus, tmp_path / "cache", "trainer.max_steps=8", "trainer.eval_every=4")
+    train_in_process(tmp_path / "run", *args, "trainer.checkpoint_every=4")
+    dissect(DissectConfig(runs=[str(tmp_path / "run")], keep_one=False, out=str(tmp_path / "d")))
+    with (tmp_path / "d" / "dissection.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "icl_score"]
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        logged = {
+            r["step"]: float(r["eval/icl_score"])
+            for r in csv.DictReader(f)
+            if r.get("eval/icl_score")
+        }
+    intact = {r["step"]: float(r["value"]) for r in rows if r["intervention"] == "intact"}
+    assert set(intact) == {"4", "8"}
+    for step, value in intact.items():
+        assert value == pytest.approx(logged[step], abs=1e-5)
+    ablated = [
+        float(r["value"]) for r in rows if r["intervention"] != "intact" and r["step"] == "8"
+    ]
+    assert any(abs(v - intact["8"]) > 1e-4 for v in ablated)
