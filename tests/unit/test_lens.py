@@ -73,14 +73,15 @@ def test_every_variant_gives_the_labs_logits_and_patterns(
         )
 
 
-TOKEN_EXPERIMENTS = ["induction_2l", "markov_2l", "plain_1l", "text_2l"]
+TOKEN_EXPERIMENTS = ["induction_2l", "markov_2l", "plain_1l", "text_1l", "text_2l", "text_3l"]
 
 
 @pytest.mark.parametrize("experiment", TOKEN_EXPERIMENTS)
 def test_each_token_experiments_model_exports_exactly(experiment: str) -> None:
     config = to_train_config(compose_config([f"experiment={experiment}", "wandb=off"]))
-    if experiment == "text_2l":  # its sizes without building the corpus: contexts of 512
-        io = ModelIO(n_ctx=config.data.seq_len - 1, d_vocab_out=2048, d_vocab=2048)
+    if experiment.startswith("text"):  # its sizes without building the corpus
+        vocab = config.data.vocab_size
+        io = ModelIO(n_ctx=config.data.seq_len - 1, d_vocab_out=vocab, d_vocab=vocab)
     else:
         io = make_family(config.data, 0).io
     model = lab_model(config.model, io)
