@@ -73,7 +73,15 @@ def test_every_variant_gives_the_labs_logits_and_patterns(
         )
 
 
-TOKEN_EXPERIMENTS = ["induction_2l", "markov_2l", "plain_1l", "text_1l", "text_2l", "text_3l"]
+TOKEN_EXPERIMENTS = [
+    "induction_2l",
+    "markov_2l",
+    "plain_1l",
+    "text_1l",
+    "text_2l",
+    "text_3l",
+    "text_2l_gpu",
+]
 
 
 @pytest.mark.parametrize("experiment", TOKEN_EXPERIMENTS)
