@@ -112,6 +112,7 @@ SLOW = {
     "precision",
     "batching",
     "dissect_speed",
+    "text_throughput",
 }
 HELPERS = {"timing"}  # imported by the benchmarks, not a benchmark
 

@@ -21,6 +21,7 @@ from ihlab.metrics.heads import induction_targets, prefix_matching_score, previo
 from ihlab.runs.checkpoints import load_lab_model
 
 
+@pytest.mark.slow
 def test_transformer_lens_head_detector_agrees_with_the_labs_scores(induction_2l: Path) -> None:
     """TransformerLens's detector ("mul" measure) sums a head's attention on the detection
     pattern over every query and divides by the number of queries; the lab averages over the
@@ -53,6 +54,7 @@ def test_transformer_lens_head_detector_agrees_with_the_labs_scores(induction_2l
     assert float(lab_previous[0].max()) > 0.5, lab_previous
 
 
+@pytest.mark.slow
 def test_the_command_writes_a_folder_transformer_lens_loads(
     induction_2l: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
