@@ -125,3 +125,17 @@ def test_the_users_text_files_are_read_with_the_text_keys(tmp_path: Path) -> Non
         text_documents(TextICLConfig(paths=[str(tmp_path)]))
     with pytest.raises(ConfigError, match=r"text\.paths: '.*nothing' is no file"):
         text_documents(TextICLConfig(paths=[str(tmp_path / "nothing")]))
+
+
+def test_a_model_without_bos_cannot_score_the_first_text_token() -> None:
+    class NoBos(CharTokenizer):
+        bos_token_id = None
+
+    loaded = tiny("gpt2")
+    loaded.tokenizer = NoBos()
+    windows = text_windows(loaded.tokenizer, [Document("a", TEXT, True)], CFG)
+    at_zero = TextICLConfig(windows=5, context=40, early=3, late=30, band=3)
+    with pytest.raises(ConfigError, match="no BOS token"):
+        band_losses(loaded, windows, [Condition("full")], at_zero)
+    losses = band_losses(loaded, windows, [Condition("full")], CFG)  # early band 3-9: fine
+    assert losses["full"].shape == (5, 2)

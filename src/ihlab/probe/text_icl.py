@@ -92,6 +92,11 @@ def band_losses(
     bos = getattr(loaded.tokenizer, "bos_token_id", None)
     prefix = [bos] if bos is not None else []
     early, late = band_targets(cfg)
+    if not prefix and int(early[0]) == 0:
+        raise ConfigError(
+            "text.early - text.band = 0, but this model has no BOS token: the first text token "
+            "has nothing before it to be predicted from. Fix: raise text.early."
+        )
     targets = torch.cat([early, late])  # context indices, (2 * band_width,)
     keep = (targets + len(prefix) - 1).to(device)  # positions whose logits predict them
     clamps = {c.name: c.clamp_set(loaded.n_layers, loaded.n_heads) for c in conditions}
