@@ -142,7 +142,7 @@ def test_report_html_holds_the_tables_and_embeds_every_plot(
     page = (sweep / "report.html").read_text()
     assert result["files"]["report.html"] == str(sweep / "report.html")
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    plots = ("learning_time", "curves", "onsets", "heads")
+    plots = ("learning_time", "curves", "onsets", "heads", "loss_pca")  # no per-position loss
     assert [base64.b64decode(e) for e in embedded] == [
         (sweep / f"{name}.png").read_bytes() for name in plots
     ]
@@ -176,6 +176,8 @@ def test_main_through_hydra_compose(sweep: Path, tmp_path: Path) -> None:
         "curves.png",
         "heads.png",
         "learning_time.png",
+        "loss_pca.png",
+        "loss_pca_joint.csv",
         "onsets.png",
         "report.html",
     ]

@@ -68,6 +68,7 @@ def test_the_command_writes_a_folder_transformer_lens_loads(
         torch.testing.assert_close(lens(tokens), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_smeared_key_checkpoint_is_refused_in_one_line_with_nothing_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +76,9 @@ def test_a_smeared_key_checkpoint_is_refused_in_one_line_with_nothing_written(
     train_in_process(run, "experiment=smeared_1l", "trainer.max_steps=2", "trainer.eval_every=2")
     out = tmp_path / "lens"
     assert export_main([str(run / "checkpoints" / "last.ckpt"), str(out)]) == 1
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("ihlab-export: model.smeared_keys=true: TransformerLens has no")
-    assert "\n" not in error
+    # the command's own output is one line (other lines on stderr here are logging noise from
+    # the training above, whose handlers outlive pytest's captured streams)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ihlab-export")]
+    assert len(lines) == 1
+    assert lines[0].startswith("ihlab-export: model.smeared_keys=true: TransformerLens has no")
     assert not out.exists()

@@ -104,6 +104,7 @@ def test_bad_corpora_are_refused_in_one_line(corpus: Path, tmp_path: Path) -> No
         family(corpus, tmp_path, 0, "data.vocab_size=100")
 
 
+@pytest.mark.slow
 def test_a_tokenizer_that_outgrew_the_checkpoint_is_refused_before_the_resume(
     corpus: Path, tmp_path: Path
 ) -> None:
@@ -125,6 +126,7 @@ def test_a_tokenizer_that_outgrew_the_checkpoint_is_refused_before_the_resume(
     assert after == before
 
 
+@pytest.mark.slow
 def test_compare_fits_one_loss_pca_over_text_runs_that_scored_the_same_windows(
     corpus: Path, tmp_path: Path
 ) -> None:
@@ -154,6 +156,7 @@ def test_compare_fits_one_loss_pca_over_text_runs_that_scored_the_same_windows(
     assert Path(result["files"]["loss_pca"]).is_file()
 
 
+@pytest.mark.slow
 def test_dissect_reads_a_text_runs_icl_score_as_the_run_logged_it(
     corpus: Path, tmp_path: Path
 ) -> None:
