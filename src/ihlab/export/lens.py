@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ihlab.errors import ConfigError
 from ihlab.model import ModelConfig, ModelIO, Positional, Transformer
-from ihlab.runs.atomic import write_text_atomic
+from ihlab.runs.atomic import open_atomic, write_text_atomic
 from ihlab.runs.checkpoints import load_lab_model
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def export_checkpoint(checkpoint: str | Path, member: int = 0, fold: bool = Fals
 def save_lens(lens: HookedTransformer, folder: str | Path) -> Path:
     """Write `config.json` (the HookedTransformerConfig's fields) and `model.safetensors`
     into `folder`; `load_lens` (or the three lines in docs/lens.md) reads them back."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,8 +203,8 @@ def save_lens(lens: HookedTransformer, folder: str | Path) -> Path:
     config = {k: fields[k] for k in _SAVED if k in fields}
     config["dtype"] = "float32"
     state = {k: v.contiguous() for k, v in lens.state_dict().items()}
-    save_file(state, str(folder / (WEIGHTS_FILE + ".tmp")))
-    (folder / (WEIGHTS_FILE + ".tmp")).replace(folder / WEIGHTS_FILE)
+    with open_atomic(folder / WEIGHTS_FILE, "wb") as f:
+        f.write(save(state))
     write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder
 
