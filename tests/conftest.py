@@ -14,6 +14,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: see the module doc
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Compiled bytecode is kept even where the environment says not to write it: every process a test
+# starts (ihlab-train, its multirun workers, ihlab-probe) would otherwise compile the package's
+# modules again, ~1 s of each start on this machine.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 import shutil
 import sys
@@ -33,6 +37,7 @@ from ihlab.train.run import train
 from ihlab.train.schema import TrainConfig, register_configs, to_train_config
 
 torch.set_num_threads(1)
+sys.dont_write_bytecode = False  # and in this process: see PYTHONDONTWRITEBYTECODE above
 register_configs()
 
 # The token run every module's fault, resume and output tests compare against: evaluations every
@@ -98,6 +103,17 @@ class SharedRuns:
     def get(self, name: str, *overrides: str, wandb: bool = False) -> Path:
         """A run trained in-process with these overrides."""
         return self.build(name, lambda run_dir: train_in_process(run_dir, *overrides, wandb=wandb))
+
+    def get_all(self, runs: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+        """Several runs (name: overrides), each worker starting at its own place in the list: two
+        workers asking for the same four runs train two each at once, instead of one training all
+        four while the other waits on the first lock."""
+        names = list(runs)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        start = (int(worker) if worker.isdigit() else 0) * len(names) // 2 % max(len(names), 1)
+        for name in names[start:] + names[:start]:
+            self.get(name, *runs[name])
+        return {name: self.root / name for name in names}
 
     def build(self, name: str, make: Callable[[Path], object]) -> Path:
         """A folder made by `make(folder)` once per session (a `.done` marker says it is whole)."""

@@ -41,10 +41,15 @@ def sweep(shared_runs: SharedRuns, tmp_path_factory: pytest.TempPathFactory) -> 
     """A multirun-shaped folder: 4 trained runs (trained once per session, shared by the xdist
     workers), a failed one and an unfinished one; this module's own copy."""
     root = tmp_path_factory.mktemp("multirun")
-    for num, (clamp, seed) in enumerate(
-        [("none", 0), ("none", 1), ("subcircuit_a", 0), ("subcircuit_a", 1)]
-    ):
-        run = shared_runs.get(f"compare_{RUNS[num]}", *SHORT, f"clamps={clamp}", f"seed={seed}")
+    points = [("none", 0), ("none", 1), ("subcircuit_a", 0), ("subcircuit_a", 1)]
+    runs = shared_runs.get_all(
+        {
+            f"compare_{name}": (*SHORT, f"clamps={c}", f"seed={s}")
+            for name, (c, s) in zip(RUNS, points, strict=True)
+        }
+    )
+    for num, (_, seed) in enumerate(points):
+        run = runs[f"compare_{RUNS[num]}"]
         condition = json.loads((run / "summary.json").read_text())["condition"]
         assert f"{num}_{condition}_s{seed}" == RUNS[num]
         SharedRuns.copy(run, root / RUNS[num])
