@@ -246,8 +246,20 @@ def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+# Session runs that take a minute to train: the first test to ask for one trains it.
+LONG_SHARED_RUNS = ("induction_2l", "fewshot_fast")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first (a stable sort, the same order on every xdist worker): the long ones start
     while the other worker has short ones to take, instead of one of them ending the session
-    alone on one core while the other core idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    alone on one core while the other core idles. Before them, one test per long shared run:
+    the two workers train those runs side by side at the start, and the other tests that read
+    them find them done instead of waiting a minute on the lock."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    builders = {
+        id(next(item for item in slow if name in item.fixturenames))
+        for name in LONG_SHARED_RUNS
+        if any(name in item.fixturenames for item in slow)
+    }
+    items.sort(key=lambda item: (item not in slow, id(item) not in builders))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ihlab.clamps.values.patterns import induction_pattern
+from ihlab.errors import ConfigError
 from ihlab.probe.attention import ProbeState, probing
 from ihlab.probe.heads import (
     PrefixProtocol,
@@ -144,3 +145,25 @@ def test_gguf_cache_is_named_by_the_file_and_written_whole(tmp_path, monkeypatch
 
     save_cache(loaded.model, Broken(), tmp_path / "cache" / "gguf" / "other")
     assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == [first.name]
+
+
+def test_a_complete_gguf_cache_also_serves_the_config(tmp_path, monkeypatch) -> None:
+    """model_config reads a cached GGUF's config from its cache folder (the file itself is not
+    parsed: here it is not even a GGUF), and fails naming the source while there is no cache."""
+    import transformers
+
+    from ihlab.probe.models import gguf_cache, model_config
+
+    monkeypatch.setenv("IHLAB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not a gguf")
+    with pytest.raises(ConfigError, match=f"model.source={gguf}: cannot read its config"):
+        model_config(str(gguf))
+    folder = gguf_cache(gguf)
+    config = transformers.LlamaConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=6)
+    config.save_pretrained(folder)
+    with pytest.raises(ConfigError):  # an incomplete cache is not read
+        model_config(str(gguf))
+    (folder / "complete").touch()
+    config = model_config(str(gguf))
+    assert (config.num_hidden_layers, config.num_attention_heads) == (3, 6)

@@ -5,8 +5,8 @@ dependencies by the README's setup, so the default runs offline).
 A GGUF file's weights are dequantized once (SmolLM2: ~20 s on 2 CPU cores) and kept as float32
 safetensors with the tokenizer under `$IHLAB_CACHE` (default `~/.cache/ihlab`), in a folder named
 by the file's name, size and modification time, so a changed file is read afresh; later loads read
-that folder (~1 s). The cache is written atomically (a temporary folder renamed into place); if it
-cannot be written the model is used anyway.
+that folder (~1 s), the config included. The cache is written atomically (a temporary folder
+renamed into place); if it cannot be written the model is used anyway.
 
 `model_shape` reads layers and heads from the config alone (config.json, or a GGUF file's
 metadata), so bad head names fail before any weights are read; a source that is neither a file, a
@@ -91,6 +91,7 @@ def model_config(source: str) -> Any:
     from transformers import AutoConfig
 
     where, extra, _ = locate(source)
+    where, extra, _ = from_cache(where, extra)
     try:
         return AutoConfig.from_pretrained(where, **extra)
     except (OSError, ValueError) as err:
@@ -119,9 +120,7 @@ def load_model(
     where, extra, name = locate(source)
     config = config if config is not None else model_config(source)
     target = resolve_dtype(dtype, device)
-    cache = gguf_cache(Path(where) / extra["gguf_file"]) if "gguf_file" in extra else None
-    if cache is not None and (cache / "complete").exists():
-        where, extra = str(cache), {}
+    where, extra, cache = from_cache(where, extra)
     # GGUF weights are dequantized to float32 in any case: loading them so and casting is faster
     # than loading in the target dtype (14 s vs 21 s for SmolLM2 on 2 CPU cores).
     load_dtype = torch.float32 if "gguf_file" in extra else target
@@ -137,6 +136,18 @@ def load_model(
     if load_dtype != target:
         model.to(dtype=target)
     return wrap(model, tokenizer, name)
+
+
+def from_cache(where: str, extra: dict[str, str]) -> tuple[str, dict[str, str], Path | None]:
+    """(where, extra) to read a GGUF source from: its cache folder once complete (reading the
+    config from the GGUF file itself parses the whole file: ~7 s for SmolLM2), and the cache
+    folder (None for a source that is not a GGUF file)."""
+    if "gguf_file" not in extra:
+        return where, extra, None
+    cache = gguf_cache(Path(where) / extra["gguf_file"])
+    if (cache / "complete").exists():
+        return str(cache), {}, cache
+    return where, extra, cache
 
 
 def gguf_cache(path: Path) -> Path:
