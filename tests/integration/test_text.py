@@ -5,6 +5,7 @@ corpora refused in one line before training."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -66,6 +67,24 @@ def test_windows_are_the_corpus_drawn_from_the_seed(corpus: Path, tmp_path: Path
     validation = np.asarray(a.token_file.validation)
     first = a.eval_sets["eval"]["tokens"][0].numpy()
     assert np.array_equal(first, validation[:65])  # the first fixed window opens the split
+
+
+def test_the_family_keys_its_files_by_the_corpus_and_tokenizer_alone(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The family hashes its corpus once and reuses the hash for the tokenizer's and the token
+    file's keys; both keys equal a fresh hash of documents and tokenizer (sha256 by hand)."""
+    a = family(corpus, tmp_path, 0)
+    docs, tokenizer = a.corpus, a.tokenizer
+    h = hashlib.sha256(b"ihlab-corpus-v1")
+    for doc in docs:
+        h.update(f"\0{doc.name}\0{int(doc.validation)}\0".encode() + doc.text.encode())
+    bpe = h.copy()
+    bpe.update(b"\x00bpe\x00300")
+    assert (tmp_path / f"{bpe.hexdigest()[:24]}.tokenizer.json").is_file()
+    h.update(tokenizer.to_str().encode())
+    assert a.token_file.key == h.hexdigest()[:24]
+    assert a.token_file.path == tmp_path / f"{h.hexdigest()[:24]}.tokens"
 
 
 def test_a_text_run_logs_the_icl_score_of_its_own_loss_by_position(

@@ -29,6 +29,7 @@ from ihlab.runs.atomic import open_atomic, write_text_atomic
 MAGIC = b"IHLABTOK"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQQ32s")  # magic, version, bytes per token, tokens, train tokens, sha
+Digest = type(hashlib.sha256())  # a SHA-256 state (hashlib names the type only privately)
 ENCODE_CHUNK = 64  # documents per encode_batch call (progress granularity)
 
 
@@ -55,9 +56,12 @@ class TokenFile:
         return self.tokens[self.n_train :]
 
 
-def corpus_key(documents: Sequence[Document], tokenizer: Tokenizer) -> str:
-    """SHA-256 of the format, every document (name, split, text) and the tokenizer's JSON."""
-    h = documents_digest(documents)
+def corpus_key(
+    documents: Sequence[Document], tokenizer: Tokenizer, digest: Digest | None = None
+) -> str:
+    """SHA-256 of the format, every document (name, split, text) and the tokenizer's JSON
+    (`digest`: the documents' `documents_digest`, when already computed)."""
+    h = (digest or documents_digest(documents)).copy()
     h.update(tokenizer.to_str().encode())
     return h.hexdigest()[:24]
 
@@ -115,11 +119,16 @@ def write_token_file(path: Path, tokens: np.ndarray, n_train: int) -> None:
 
 
 def prepare(
-    documents: Sequence[Document], tokenizer: Tokenizer, cache_dir: Path, progress: bool = True
+    documents: Sequence[Document],
+    tokenizer: Tokenizer,
+    cache_dir: Path,
+    progress: bool = True,
+    digest: Digest | None = None,
 ) -> TokenFile:
-    """The corpus's token file in `cache_dir`, tokenized now if it is missing or corrupt."""
+    """The corpus's token file in `cache_dir`, tokenized now if it is missing or corrupt
+    (`digest`: the documents' `documents_digest`, when already computed)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = corpus_key(documents, tokenizer)
+    key = corpus_key(documents, tokenizer, digest)
     path = cache_dir / f"{key}.tokens"
     with FileLock(str(cache_dir / f"{key}.lock")):
         if path.exists():
@@ -132,7 +141,7 @@ def prepare(
     return read_token_file(path, key)
 
 
-def documents_digest(documents: Sequence[Document]) -> hashlib._Hash:
+def documents_digest(documents: Sequence[Document]) -> Digest:
     """SHA-256 state over every document's name, split and text."""
     h = hashlib.sha256(f"ihlab-corpus-v{VERSION}".encode())
     for doc in documents:
@@ -141,11 +150,13 @@ def documents_digest(documents: Sequence[Document]) -> hashlib._Hash:
     return h
 
 
-def cached_bpe(documents: Sequence[Document], vocab_size: int, cache_dir: Path) -> Tokenizer:
+def cached_bpe(
+    documents: Sequence[Document], vocab_size: int, cache_dir: Path, digest: Digest | None = None
+) -> Tokenizer:
     """The byte-level BPE of the training documents at `vocab_size`, trained once per corpus
-    and size and kept in `cache_dir` (written atomically, under a lock)."""
+    and size and kept in `cache_dir` (written atomically, under a lock; `digest` as `prepare`'s)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    h = documents_digest(documents)
+    h = (digest or documents_digest(documents)).copy()
     h.update(f"\0bpe\0{vocab_size}".encode())
     path = cache_dir / f"{h.hexdigest()[:24]}.tokenizer.json"
     with FileLock(str(path) + ".lock"):

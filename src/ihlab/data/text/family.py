@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 from ihlab.choices import Choice
 from ihlab.data.base import Batch, LearningTime, register_family
 from ihlab.data.repeated import RepeatedTokensConfig, sample_repeated
-from ihlab.data.text.cache import TokenFile, cached_bpe, prepare
+from ihlab.data.text.cache import Digest, TokenFile, cached_bpe, documents_digest, prepare
 from ihlab.data.text.corpus import Document, bible_documents, file_documents, hf_documents
 from ihlab.data.text.tokenizer import TokenizerKind, read_tokenizer, smollm2_tokenizer
 from ihlab.data.tokens import TokenDataConfig, TokenFamily
@@ -146,13 +146,18 @@ class Text(TokenFamily):
         return docs
 
     @cached_property
+    def digest(self) -> Digest:
+        """The corpus's hash, computed once: the tokenizer's and the token file's keys extend it."""
+        return documents_digest(self.corpus)
+
+    @cached_property
     def tokenizer(self) -> Tokenizer:
         if self.cfg.tokenizer == TokenizerKind.file:
             assert self.cfg.tokenizer_path is not None
             return read_tokenizer(self.cfg.tokenizer_path)
         if self.cfg.tokenizer == TokenizerKind.smollm2:
             return smollm2_tokenizer()
-        return cached_bpe(self.corpus, self.cfg.vocab_size, self.cache_folder)
+        return cached_bpe(self.corpus, self.cfg.vocab_size, self.cache_folder, self.digest)
 
     @cached_property
     def vocab(self) -> int:
@@ -164,7 +169,7 @@ class Text(TokenFamily):
 
     @cached_property
     def token_file(self) -> TokenFile:
-        prepared = prepare(self.corpus, self.tokenizer, self.cache_folder)
+        prepared = prepare(self.corpus, self.tokenizer, self.cache_folder, digest=self.digest)
         for split, tokens in (("training", prepared.train), ("validation", prepared.validation)):
             if tokens.size < self.cfg.seq_len:
                 raise ConfigError(
