@@ -102,6 +102,7 @@ def test_each_member_of_a_token_job_matches_its_single_run(
         )
 
 
+@pytest.mark.slow
 def test_each_member_of_a_clamped_fewshot_job_matches_its_single_run(tmp_path: Path) -> None:
     overrides = (*SHORT, *FEWSHOT, "clamps=[prev_token,match]", "trainer.eval_unclamped=true")
     job = run(tmp_path / "job", *overrides, "seeds=[0,1,2]")
@@ -169,6 +170,7 @@ def test_a_killed_ensemble_resumes_every_member_identically(
         assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 50), (50, 120)]
 
 
+@pytest.mark.slow
 def test_a_diverging_member_stops_alone(tmp_path: Path, monkeypatch, reference: Path) -> None:
     training_step = LabModule.training_step
 
@@ -279,6 +281,7 @@ def test_grafts_and_token_clamps_give_each_member_its_own_forward(
         assert torch.allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_each_member_logs_its_own_wandb_run(tmp_path: Path) -> None:
     overrides = ["trainer.progress_bar=false", "trainer.threads=1", *SHORT]
     cfg = compose_config([*overrides, "trainer.max_steps=40", "seeds=[0,1]"])
@@ -304,6 +307,7 @@ def test_each_member_logs_its_own_wandb_run(tmp_path: Path) -> None:
     assert len(ids) == 2
 
 
+@pytest.mark.slow
 def test_an_ensemble_launched_by_a_sweep_agent_gives_the_agents_run_to_its_first_member(
     tmp_path: Path, monkeypatch
 ) -> None:

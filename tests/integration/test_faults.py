@@ -339,6 +339,7 @@ def test_resume_never_refuses_a_used_directory(tmp_path: Path) -> None:
         run_in_process(run, "trainer.max_steps=20", "resume=never")
 
 
+@pytest.mark.slow
 def test_a_second_live_run_in_the_same_directory_is_refused(
     tmp_path: Path, ihlab_train_main
 ) -> None:
@@ -353,6 +354,7 @@ def test_a_second_live_run_in_the_same_directory_is_refused(
     assert ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_completed_run_can_be_extended_unless_its_schedule_depends_on_length(
     tmp_path: Path, reference: Path
 ) -> None:
@@ -383,6 +385,7 @@ def test_resume_from_a_checkpoint_outside_a_run_or_into_a_used_directory_is_refu
         run_in_process(tmp_path / "c", f"ckpt_path={ckpt}")
 
 
+@pytest.mark.slow
 def test_a_failed_run_resumes_from_its_last_checkpoint_not_its_failure_state(
     tmp_path: Path, monkeypatch, reference: Path
 ) -> None:
@@ -564,6 +567,7 @@ def test_a_broken_explicit_checkpoint_fails_clearly_and_writes_nothing(
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path, reference: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
@@ -609,6 +613,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+@pytest.mark.slow
 def test_an_in_place_resume_keeps_integer_steps_and_one_log(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(Interrupted):

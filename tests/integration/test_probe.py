@@ -145,6 +145,7 @@ def test_bad_probe_inputs_fail_before_the_model_loads_and_write_nothing(
     assert not (tmp_path / "pwned").exists()  # no code ran from a file
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_bad_source_in_one_line(tmp_path: Path) -> None:
     result = probe_cli(tmp_path, "model.source=/nonexistent")
     assert result.returncode == 1
