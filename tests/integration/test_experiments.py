@@ -106,12 +106,12 @@ def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
 def test_markov_2l_pauses_at_the_unigram_level_before_the_bigram_stage(
     run_training, tmp_path: Path
 ) -> None:
-    """README (seed 0, the first 1000 of its 3000 steps): the loss leaves the uniform guess,
+    """README (seed 0, the first 700 of its 3000 steps): the loss leaves the uniform guess,
     reaches the in-context unigram predictor's level (1.503) at step 180 (1.509), then falls
     toward the Bayes bigram predictor's (1.221), within a quarter of the unigram-to-bigram gap by
     step ~600; the detector reports two transitions, (onset, steepest, end) = (0, 80, 180) and
     (180, 300, 600)."""
-    summary = run_training("experiment=markov_2l", "trainer.max_steps=1000", name="markov")
+    summary = run_training("experiment=markov_2l", "trainer.max_steps=700", name="markov")
     rows = read_rows(tmp_path / "markov")
     loss = curve(rows, "eval/loss")
     unigram, bigram = rows[-1]["eval/loss_unigram"], rows[-1]["eval/loss_bigram"]
