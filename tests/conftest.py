@@ -257,9 +257,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     the two workers train those runs side by side at the start, and the other tests that read
     them find them done instead of waiting a minute on the lock."""
     slow = [item for item in items if item.get_closest_marker("slow")]
-    builders = {
-        id(next(item for item in slow if name in item.fixturenames))
-        for name in LONG_SHARED_RUNS
-        if any(name in item.fixturenames for item in slow)
-    }
-    items.sort(key=lambda item: (item not in slow, id(item) not in builders))
+    firsts = (next((i for i in slow if name in i.fixturenames), None) for name in LONG_SHARED_RUNS)
+    builders = {id(item) for item in firsts if item is not None}
+    items.sort(key=lambda item: (not item.get_closest_marker("slow"), id(item) not in builders))

@@ -56,12 +56,10 @@ class TokenFile:
         return self.tokens[self.n_train :]
 
 
-def corpus_key(
-    documents: Sequence[Document], tokenizer: Tokenizer, digest: Digest | None = None
-) -> str:
-    """SHA-256 of the format, every document (name, split, text) and the tokenizer's JSON
-    (`digest`: the documents' `documents_digest`, when already computed)."""
-    h = (digest or documents_digest(documents)).copy()
+def corpus_key(digest: Digest, tokenizer: Tokenizer) -> str:
+    """SHA-256 of the format, every document (name, split, text: their `documents_digest`) and
+    the tokenizer's JSON."""
+    h = digest.copy()
     h.update(tokenizer.to_str().encode())
     return h.hexdigest()[:24]
 
@@ -128,7 +126,7 @@ def prepare(
     """The corpus's token file in `cache_dir`, tokenized now if it is missing or corrupt
     (`digest`: the documents' `documents_digest`, when already computed)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = corpus_key(documents, tokenizer, digest)
+    key = corpus_key(digest or documents_digest(documents), tokenizer)
     path = cache_dir / f"{key}.tokens"
     with FileLock(str(cache_dir / f"{key}.lock")):
         if path.exists():
