@@ -274,6 +274,51 @@ def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path, ihlab_tra
         assert summary["status"] == "completed" and len(summary["segments"]) == 2
 
 
+POOL_WORKERS = """
+import os, signal, sys, time
+from pathlib import Path
+from joblib.externals.loky import get_reusable_executor
+from ihlab.runs.signals import stop_children
+
+def stops_at_once(folder):
+    Path(folder, f"ready-{os.getpid()}").touch()
+    time.sleep(60)
+
+def stops_after_its_bookkeeping(folder):
+    def handle(signum, frame):
+        time.sleep(1.0)
+        Path(folder, "bookkept").touch()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    signal.signal(signal.SIGTERM, handle)
+    Path(folder, f"ready-{os.getpid()}").touch()
+    time.sleep(60)
+
+folder = sys.argv[1]
+pool = get_reusable_executor(max_workers=2)
+jobs = [pool.submit(stops_at_once, folder), pool.submit(stops_after_its_bookkeeping, folder)]
+while len(list(Path(folder).glob("ready-*"))) < 2:
+    time.sleep(0.05)
+stop_children(signal.SIGTERM)
+"""
+
+
+@pytest.mark.slow
+def test_a_pool_worker_that_stops_first_does_not_get_the_others_killed(tmp_path: Path) -> None:
+    """joblib's pool kills all its workers when one exits; the multirun's SIGTERM handler must
+    hold it off until every worker has finished its bookkeeping. Deterministic form of the race
+    the parallel-multirun test above can lose: one worker exits at once, the other a second
+    later, after writing its file."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_WORKERS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("ready-*"))) == 2
+    assert (tmp_path / "bookkept").exists()
+
+
 @pytest.mark.slow
 def test_slurm_preemption_requeues_through_submitit_and_resumes(
     tmp_path: Path, reference: Path

@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -32,6 +34,7 @@ log = logging.getLogger("ihlab.interrupts")
 
 CHILD_GRACE_S = 120.0  # how long child processes get to checkpoint and stop before SIGKILL
 PREEMPTION = signal.SIGUSR2  # submitit's preemption / timeout signal
+POOL_LOCK_WAIT_S = 5.0  # for the worker pool's lock (held only briefly by the pool itself)
 
 
 class Interrupted(BaseException):
@@ -117,15 +120,46 @@ def stop_children(signum: int) -> None:
         for p in psutil.Process().children(recursive=True)
         if _session(p) == session and not _ignores(p, signum)
     ]
-    for child in children:
-        try:
-            child.send_signal(signum)
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(children, timeout=CHILD_GRACE_S)
-    for child in alive:
-        log.error("child process %d did not stop within %.0f s: killed", child.pid, CHILD_GRACE_S)
-        child.kill()
+    with _worker_pool_held():
+        for child in children:
+            try:
+                child.send_signal(signum)
+            except psutil.NoSuchProcess:
+                continue
+        alive, deadline = children, time.monotonic() + CHILD_GRACE_S
+        while alive and time.monotonic() < deadline:
+            _, alive = psutil.wait_procs(alive, timeout=0.2)
+            # a helper still starting when signalled may have begun ignoring the signal since
+            alive = [child for child in alive if not _ignores(child, signum)]
+        for child in alive:
+            log.error(
+                "child process %d did not stop within %.0f s: killed", child.pid, CHILD_GRACE_S
+            )
+            child.kill()
+
+
+@contextlib.contextmanager
+def _worker_pool_held() -> Iterator[None]:
+    """Keep joblib's process pool (launcher=parallel) from acting while its workers stop.
+
+    The pool (loky) SIGKILLs all its workers as soon as one of them exits, taking it for a crash;
+    a stopping multirun's workers exit one by one, each after its checkpoint and summary, so the
+    first to finish would kill the others mid-write. The pool's manager thread takes the pool's
+    shutdown lock before it acts on a dead worker (and `submit` takes it too, so no job starts
+    meanwhile): holding that lock until every worker has stopped leaves it nothing to kill. Only
+    a pool this process already made is held (joblib is not imported here); if the lock is busy
+    (the signal arrived inside the pool's own locked code) the workers stop as before.
+    """
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    pool = getattr(loky, "_executor", None)
+    lock = getattr(pool, "_shutdown_lock", None)
+    if lock is None or not lock.acquire(timeout=POOL_LOCK_WAIT_S):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _ignores(process: psutil.Process, signum: int) -> bool:
