@@ -2,10 +2,11 @@
 
 A scheduler (SLURM preemption, a killed multirun, Ctrl-C) must see a stopped run as stopped, and
 the run must be resumable from where it stopped. So a signal never kills a run in the middle of a
-step: while training, the handler only records the signal and `StopOnSignal` raises `Interrupted`
-after the current optimizer step, when model, optimizer and data stream agree. The training code
-then saves a checkpoint and writes `summary.json` with status `interrupted`, and `exit_as_signalled`
-ends the process the way the signal would have (exit status 128 + signal number), after any child
+step: while training, the handler only records the signal and `StopOnSignal` (in
+ihlab.train.interrupts: this module needs no Lightning) raises `Interrupted` after the current
+optimizer step, when model, optimizer and data stream agree. The training code then saves a
+checkpoint and writes `summary.json` with status `interrupted`, and `exit_as_signalled` ends the
+process the way the signal would have (exit status 128 + signal number), after any child
 processes (a parallel multirun's workers) have stopped the same way. Under submitit (SLURM), the
 preemption signal (USR2) is handed back to submitit afterwards, which requeues the job; the
 requeued job resumes from the checkpoint (`resume=auto`).
@@ -25,10 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import lightning as L
 import psutil
-
-from ihlab.runs.checkpoints import evaluates_after
 
 log = logging.getLogger("ihlab.interrupts")
 
@@ -189,32 +187,3 @@ def exit_as_signalled(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     raise SystemExit(128 + signum)  # not reached unless the signal is blocked
-
-
-class StopOnSignal(L.Callback):
-    """Raise `Interrupted` at the first step boundary after a signal: after the step's update,
-    or, on an evaluation step, after its evaluation. Resuming from either point redoes nothing
-    and skips nothing (tested against uninterrupted runs at every kind of step).
-
-    The guard is installed again at train start because Lightning replaces the SIGTERM handler
-    when fit begins; Lightning's own handler would stop mid-evaluation, whose partial state a
-    resume cannot redo.
-    """
-
-    def __init__(self, eval_every: int, guard: SignalGuard = GUARD) -> None:
-        self.eval_every, self.guard = eval_every, guard
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.guard.install()
-        self.check(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not evaluates_after(trainer, self.eval_every):
-            self.check(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check(trainer)
-
-    def check(self, trainer: L.Trainer) -> None:
-        if self.guard.received is not None:
-            raise Interrupted(self.guard.received, trainer.global_step)

@@ -48,11 +48,12 @@ from ihlab.runs.checkpoints import (
 )
 from ihlab.runs.files import DIVERGED, FAILURE, INTERRUPTED, JOB_RECORD, SUMMARY, RunFiles
 from ihlab.runs.ownership import RunLock, RunPlan, plan_run
-from ihlab.runs.signals import GUARD, Interrupted, StopOnSignal
+from ihlab.runs.signals import GUARD, Interrupted
 from ihlab.runs.summary import Status
 from ihlab.runs.tables import StepTable
 from ihlab.tracking.loggers import MetricsCSV
 from ihlab.tracking.wandb_run import WandbMode, WandbRun, make_wandb_logger, wandb_summary
+from ihlab.train.interrupts import StopOnSignal
 from ihlab.train.members import MemberBatches
 from ihlab.train.module import Diverged, LabModule, Member
 from ihlab.train.outcome import Outcome, write_record
