@@ -203,3 +203,91 @@ def test_dissect_reads_a_text_runs_icl_score_as_the_run_logged_it(
         float(r["value"]) for r in rows if r["intervention"] != "intact" and r["step"] == "8"
     ]
     assert any(abs(v - intact["8"]) > 1e-4 for v in ablated)
+
+
+@pytest.fixture(scope="module")
+def repeated_words(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A text corpus on which Olsson et al.'s 2-layer vs 1-layer claim must hold at a small size,
+    and its word-level tokenizer.json: documents of random sequences of 12-32 words from 64, each
+    sequence written twice. Its only in-context structure is the repeat (the repeated-tokens task
+    written as words), so an induction head is the one way to lower the loss late in a context.
+    On the default corpus the claim is not reached on a CPU (docs/text.md)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = tmp_path_factory.mktemp("repeated_words")
+    words = [f"w{i}" for i in range(64)]
+    rng = random.Random(0)
+    for i in range(12):
+        texts = []
+        for _ in range(600):
+            sequence = [rng.choice(words) for _ in range(rng.randint(16, 32))]
+            texts.append(" ".join(sequence + sequence))
+        (folder / f"doc{i}.txt").write_text(" ".join(texts))
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder, folder / "tokenizer.json"
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def best_head(row: dict[str, float], score: str) -> float:
+    return max(v for k, v in row.items() if k.startswith(f"heads/{score}/"))
+
+
+@pytest.mark.slow
+def test_two_layers_get_the_icl_phase_change_with_induction_heads_and_one_layer_does_not(
+    repeated_words: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Olsson et al.'s Argument 1 at a reduced size, through the text family: the 2-layer model's
+    ICL score falls within a narrow window of training, the window in which its prefix-matching
+    score jumps; the 1-layer model has no such change and a much smaller ICL score. Measured
+    (seed 0, 600 steps): 2 layers: the ICL score -0.18 at step 350, -0.97 at 400, -1.69 at 600;
+    best prefix matching 0.10 -> 0.69 between steps 350 and 400; the lab's detector puts the
+    change at steps 250-600. 1 layer: the ICL score drifts to -0.25, prefix matching <= 0.06."""
+    corpus, tokenizer = repeated_words
+    args = [
+        "experiment=text_2l",
+        "data.source=files",
+        f"data.paths=[{corpus}]",
+        "data.val_share=0.3",
+        "data.tokenizer=file",
+        f"data.tokenizer_path={tokenizer}",
+        "data.seq_len=65",
+        "data.batch_size=64",
+        "data.eval_size=64",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "model.d_model=64",
+        "model.n_heads=4",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+        "trainer.max_steps=600",
+        "trainer.eval_every=50",
+        "trainer.score_every=50",
+        "trainer.checkpoint_every=600",
+    ]
+    two = train_in_process(tmp_path / "two", *args)
+    one = train_in_process(tmp_path / "one", *args, "model.n_layers=1")
+
+    rows = [r for r in metric_rows(tmp_path / "two") if "eval/icl_score" in r]
+    icl = [(int(r["step"]), r["eval/icl_score"]) for r in rows]
+    matching = [(int(r["step"]), best_head(r, "prefix_matching")) for r in rows]
+    learned = next(step for step, value in icl if value < -0.3)
+    assert two["learning_time"]["step"] == learned  # recomputed from metrics.csv
+    assert 300 <= learned <= 500  # measured: 400
+    phase = two["phase_change"]
+    assert phase["detected"] and phase["onset"] < learned <= phase["end"]
+    assert phase["drop"] > 1.0  # measured: 1.54 nats
+    jump = next(step for step, value in matching if value > 0.5)  # the induction head forms
+    assert phase["onset"] < jump <= phase["end"]  # measured: 400, in 250-600
+    assert all(value < 0.15 for step, value in matching if step <= phase["onset"])
+    assert icl[-1][1] < -1.2 and matching[-1][1] > 0.7  # measured: -1.69, 0.81
+
+    rows = [r for r in metric_rows(tmp_path / "one") if "eval/icl_score" in r]
+    assert one["learning_time"]["step"] is None and not one["phase_change"]["detected"]
+    assert all(r["eval/icl_score"] > -0.3 for r in rows)  # measured: >= -0.25
+    assert icl[-1][1] < 4 * rows[-1]["eval/icl_score"]  # measured: -1.69 against -0.24
+    assert all(best_head(r, "prefix_matching") < 0.1 for r in rows)  # measured: <= 0.06
