@@ -69,6 +69,24 @@ def test_windows_are_the_corpus_drawn_from_the_seed(corpus: Path, tmp_path: Path
     assert np.array_equal(first, validation[:65])  # the first fixed window opens the split
 
 
+def test_the_head_score_probe_repeats_random_tokens_seen_in_training(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The probe's random tokens come from those the training split uses (here the 20 words'
+    tokens and a few bytes of a 300-token BPE, most of whose byte tokens never occur), so that no
+    head is scored on embeddings training never touched: a segment of 32 tokens (65 // 2) and
+    its repeat."""
+    a = family(corpus, tmp_path, 0)
+    seen = set(np.asarray(a.token_file.train).tolist())
+    assert len(seen) < 300 - 200  # most of the vocabulary is unused: the probe must avoid it
+    probe = a.probe_batch()["tokens"]
+    assert probe.shape == (a.cfg.probe_size, 64)
+    assert set(probe.flatten().tolist()) <= seen
+    assert torch.equal(probe[:, :32], probe[:, 32:])  # the segment, then its repeat
+    assert len(set(probe[:, :32].flatten().tolist())) > len(seen) // 2  # spread over them all
+    assert torch.equal(probe, family(corpus, tmp_path, 0).probe_batch()["tokens"])
+
+
 def test_the_family_keys_its_files_by_the_corpus_and_tokenizer_alone(
     corpus: Path, tmp_path: Path
 ) -> None:
@@ -99,6 +117,7 @@ def test_a_text_run_logs_the_icl_score_of_its_own_loss_by_position(
         "documents": {"train": 7, "validation": 5},  # the names hashed into 0.3: doc1, 3, 6, 7, 9
         "tokens": {"train": prepared.train.size, "validation": prepared.validation.size},
         "vocab_size": 300,
+        "tokens_seen_in_training": len(set(np.asarray(prepared.train).tolist())),
         "token_file": prepared.key,
     }
     with (tmp_path / "run" / "loss_by_position.csv").open() as f:

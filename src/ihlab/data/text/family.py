@@ -11,8 +11,11 @@ document (the default corpus's documents are books of ~10k-200k tokens, so few d
 
 The ICL score is Olsson et al.'s: the loss at context index 500 minus the loss at index 50 (with
 `seq_len` 513, targets 500 and 50); for shorter contexts the defaults are index n-1 and n/10.
-Head scores are measured as the paper measures them, on repeated random tokens of the
-tokenizer's vocabulary (not on text), from the probe batch.
+Head scores are measured as the paper measures them, on repeated random tokens (not on text),
+from the probe batch. The random tokens are drawn from those that occur in the training split: a
+token the model never saw keeps its initial embedding, so a probe over the whole vocabulary (a
+byte-level BPE of 512 on the default corpus never uses 171 of its byte tokens) would understate
+every head's score.
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ class Text(TokenFamily):
                 "validation": int(prepared.validation.size),
             },
             "vocab_size": self.vocab,
+            "tokens_seen_in_training": len(self.seen_tokens),
             "token_file": prepared.key,
         }
 
@@ -208,14 +212,22 @@ class Text(TokenFamily):
             tokens = windows(val, starts, length)
         return {"tokens": tokens, "ids": tokens[:, :-1]}
 
+    @cached_property
+    def seen_tokens(self) -> np.ndarray:
+        """The token ids that occur in the training split, ascending: the probe's alphabet."""
+        counts = np.bincount(self.token_file.train, minlength=self.vocab)  # (vocab,)
+        return np.flatnonzero(counts)
+
     def probe_batch(self) -> Batch:
-        """Repeated random tokens of the vocabulary (Olsson et al.'s prefix-matching data): a
-        segment of `PROBE_SEGMENT` tokens and its repeats, filling `seq_len`."""
+        """Repeated random tokens (Olsson et al.'s prefix-matching data), drawn from the tokens
+        seen in training: a segment of `PROBE_SEGMENT` tokens and its repeats, filling
+        `seq_len`."""
         repeats = max(1, self.cfg.seq_len // PROBE_SEGMENT - 1)
         segment = min(PROBE_SEGMENT, self.cfg.seq_len // 2)
-        config = RepeatedTokensConfig(vocab_size=self.vocab, segment_len=segment, n_repeats=repeats)
+        seen = torch.from_numpy(self.seen_tokens)
+        config = RepeatedTokensConfig(vocab_size=len(seen), segment_len=segment, n_repeats=repeats)
         g = torch.Generator().manual_seed(self.seed)
-        tokens = sample_repeated(config, self.cfg.probe_size, g)["tokens"]
+        tokens = seen[sample_repeated(config, self.cfg.probe_size, g)["tokens"]]
         return {"tokens": tokens, "ids": tokens[:, :-1]}
 
     def default_icl_positions(self) -> tuple[int, int]:
