@@ -9,6 +9,7 @@ is single-threaded too.
 
 from __future__ import annotations
 
+import csv
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: see the module doc
@@ -244,6 +245,28 @@ def read_offline_wandb(run_dir: Path) -> dict[str, Any]:
             config = record.run.config.update
             out["config"].update({key(i): json.loads(i.value_json) for i in config})
     return out
+
+
+# Reading a run's metrics.csv in tests
+
+
+def read_rows(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv as rows of floats (empty cells left out), read with the csv module."""
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def curve(rows: list[dict[str, float]], key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), r[key]) for r in rows if key in r]
+
+
+def heads(row: dict[str, float], score: str) -> list[float]:
+    """Every head's `score` in a row, e.g. score="prefix_matching/L1"."""
+    return [v for k, v in row.items() if k.startswith(f"heads/{score}")]
+
+
+def first_below(points: list[tuple[int, float]], threshold: float) -> int | None:
+    return next((step for step, value in points if value < threshold), None)
 
 
 # Session runs that take a minute to train: the first test to ask for one trains it.

@@ -5,35 +5,17 @@ A README number that changes must change here too, and a regression to half an e
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from conftest import curve, first_below, heads, read_rows
+
 pytestmark = pytest.mark.slow
 
 LN_512, LN_2 = math.log(512), math.log(2)
-
-
-def read_rows(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.csv as rows of floats (empty cells left out), read with the csv module."""
-    with (run_dir / "metrics.csv").open() as f:
-        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
-
-
-def curve(rows: list[dict[str, float]], key: str) -> list[tuple[int, float]]:
-    return [(int(r["step"]), r[key]) for r in rows if key in r]
-
-
-def heads(row: dict[str, float], score: str) -> list[float]:
-    """Every head's `score` in a row, e.g. score="prefix_matching/L1"."""
-    return [v for k, v in row.items() if k.startswith(f"heads/{score}")]
-
-
-def first_below(points: list[tuple[int, float]], threshold: float) -> int | None:
-    return next((step for step, value in points if value < threshold), None)
 
 
 def test_smeared_keys_give_a_one_layer_model_induction_and_plain_keys_do_not(

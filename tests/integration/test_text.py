@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, train_in_process
+from conftest import compose_config, curve, first_below, heads, read_rows, train_in_process
 from ihlab.data import make_family
 from ihlab.data.text.tokenizer import train_bpe
 from ihlab.errors import ConfigError
@@ -249,15 +249,6 @@ def repeated_words(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     return folder / "corpus", folder / "tokenizer.json"
 
 
-def metric_rows(run_dir: Path) -> list[dict[str, float]]:
-    with (run_dir / "metrics.csv").open() as f:
-        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
-
-
-def best_head(row: dict[str, float], score: str) -> float:
-    return max(v for k, v in row.items() if k.startswith(f"heads/{score}/"))
-
-
 @pytest.mark.slow
 def test_two_layers_get_the_icl_phase_change_with_induction_heads_and_one_layer_does_not(
     repeated_words: tuple[Path, Path], tmp_path: Path
@@ -293,10 +284,10 @@ def test_two_layers_get_the_icl_phase_change_with_induction_heads_and_one_layer_
     two = train_in_process(tmp_path / "two", *args)
     one = train_in_process(tmp_path / "one", *args, "model.n_layers=1")
 
-    rows = [r for r in metric_rows(tmp_path / "two") if "eval/icl_score" in r]
-    icl = [(int(r["step"]), r["eval/icl_score"]) for r in rows]
-    matching = [(int(r["step"]), best_head(r, "prefix_matching")) for r in rows]
-    learned = next(step for step, value in icl if value < -0.3)
+    rows = [r for r in read_rows(tmp_path / "two") if "eval/icl_score" in r]
+    icl = curve(rows, "eval/icl_score")
+    matching = [(int(r["step"]), max(heads(r, "prefix_matching/"))) for r in rows]
+    learned = first_below(icl, -0.3)
     assert two["learning_time"]["step"] == learned  # recomputed from metrics.csv
     assert 300 <= learned <= 500  # measured: 400
     phase = two["phase_change"]
@@ -307,8 +298,8 @@ def test_two_layers_get_the_icl_phase_change_with_induction_heads_and_one_layer_
     assert all(value < 0.15 for step, value in matching if step <= phase["onset"])
     assert icl[-1][1] < -1.2 and matching[-1][1] > 0.7  # measured: -1.56, 0.81
 
-    rows = [r for r in metric_rows(tmp_path / "one") if "eval/icl_score" in r]
+    rows = [r for r in read_rows(tmp_path / "one") if "eval/icl_score" in r]
     assert one["learning_time"]["step"] is None and not one["phase_change"]["detected"]
     assert all(r["eval/icl_score"] > -0.3 for r in rows)  # measured: >= -0.12
     assert icl[-1][1] < 4 * rows[-1]["eval/icl_score"]  # measured: -1.56 against -0.10
-    assert all(best_head(r, "prefix_matching") < 0.1 for r in rows)  # measured: <= 0.06
+    assert all(max(heads(r, "prefix_matching/")) < 0.1 for r in rows)  # measured: <= 0.06
