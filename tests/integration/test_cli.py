@@ -50,24 +50,6 @@ def test_multirun_of_two_jobs_writes_two_complete_run_directories(
         assert summary["steps"] == 20
 
 
-@pytest.mark.slow
-def test_multirun_through_the_submitit_launcher(tmp_path: Path) -> None:
-    """The SLURM route (submitit, here its local executor); launcher=parallel (joblib) runs in
-    test_a_multirun_of_ensemble_jobs_splits_seeds_over_parallel_workers and test_faults.py."""
-    launcher = "submitit_local"
-    args = ["-m", f"launcher={launcher}", "clamps=none,prev_token", *QUICK]
-    result = ihlab_train(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multirun" / "induction_2l").iterdir()
-    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert runs == ["0_baseline_s0", "1_prev_token_s0"]
-    for name in runs:
-        summary = json.loads((sweep / name / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["steps"] == 20
-        assert (sweep / name / "checkpoints" / "last.ckpt").exists()
-    assert (sweep / ".submitit").is_dir()
-
-
 def test_a_multirun_with_a_bad_point_runs_nothing_and_names_every_bad_point(
     tmp_path: Path, ihlab_train_main
 ) -> None:

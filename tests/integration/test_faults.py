@@ -73,13 +73,6 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def ihlab_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "IHLAB_OUTPUTS"}
-    return subprocess.run(
-        [IHLAB_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 300):
     """Poll until `condition()` holds; fail if the process ends first."""
     deadline = time.monotonic() + timeout
@@ -131,13 +124,11 @@ def test_a_signal_checkpoints_writes_interrupted_and_exits_as_killed(
     assert max(r["step"] for r in rows) >= 40
     assert f"hydra.run.dir={run}" in output  # how to resume
     kept = snapshot(run)
-    # The retry resumes: the same command and directory (a new process), or ckpt_path alone (its
-    # run's directory; the app run in this process).
+    # The retry resumes: the same command and directory, or ckpt_path alone (its run's directory)
     if sig == signal.SIGTERM:
-        result = ihlab_train([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
+        result = ihlab_train_main([*CLI, "hydra.run.dir=run"], tmp_path)
     else:
-        retry = f"ckpt_path={run}/checkpoints/interrupted.ckpt"
-        result = ihlab_train_main([*CLI, retry], tmp_path)
+        result = ihlab_train_main([*CLI, f"ckpt_path={run}/checkpoints/interrupted.ckpt"], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 120
@@ -267,8 +258,12 @@ def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path, ihlab_tra
     for i in (0, 1):
         summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
         assert summary["status"] == "interrupted"
-    result = ihlab_train_main(args, tmp_path)
+    # The retry resumes both jobs in this process: a resume does not depend on the launcher, and
+    # a pool here would start two more processes, each importing torch and Lightning again.
+    retry = [a.replace("launcher=parallel", "launcher=local") for a in args]
+    result = ihlab_train_main(retry, tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "2 of 2 jobs completed" in result.stderr
     for i in (0, 1):
         summary = json.loads((sweep / f"{i}_baseline_s{i}" / "summary.json").read_text())
         assert summary["status"] == "completed" and len(summary["segments"]) == 2
@@ -321,28 +316,36 @@ def test_a_pool_worker_that_stops_first_does_not_get_the_others_killed(tmp_path:
 
 @pytest.mark.slow
 def test_slurm_preemption_requeues_through_submitit_and_resumes(
-    tmp_path: Path, reference: Path
+    tmp_path: Path, reference: Path, reference_seed1: Path
 ) -> None:
-    """submitit's preemption signal (USR2) on a job of launcher=submitit_local (the SLURM route
-    on this machine): checkpoint, summary, submitit requeues the job, which resumes."""
-    args = ["-m", "launcher=submitit_local", "seed=0", *CLI, "hydra.sweep.dir=sweep"]
+    """A multirun of two seeds through launcher=submitit_local (the SLURM route on this
+    machine), one job preempted by submitit's signal (USR2): that job checkpoints, writes its
+    summary, is requeued and resumes; the other job is untouched. Both equal their uninterrupted
+    runs."""
+    args = ["-m", "launcher=submitit_local", "seed=0,1", *CLI, "hydra.sweep.dir=sweep"]
     proc = start(args, cwd=tmp_path)
-    run = tmp_path / "sweep" / "0_baseline_s0"
+    sweep = tmp_path / "sweep"
+    run = sweep / "0_baseline_s0"
     wait_for(logged_step(run, 40), proc)
-    (job,) = [
-        p
-        for p in psutil.Process(proc.pid).children(recursive=True)
-        if any("_submit" in part for part in p.cmdline())
-    ]
+    holder = int((run / ".lock").read_text().split()[1])  # "pid N on HOST since ..."
+    job = psutil.Process(holder)
+    assert any("_submit" in part for part in job.cmdline())  # submitit's job process
     job.send_signal(signal.SIGUSR2)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
+    assert "2 of 2 jobs completed" in output
+    assert (sweep / ".submitit").is_dir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert [s["status"] for s in summary["segments"]] == ["interrupted", "completed"]
     assert_same_run(run, reference)
     log = (run / "train.log").read_text()
     assert "received SIGUSR2" in log and "resuming induction_2l" in log
+    other = sweep / "1_baseline_s1"
+    summary = json.loads((other / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["segments"]) == 1
+    assert (other / "checkpoints" / "last.ckpt").exists()
+    assert_same_run(other, reference_seed1)
 
 
 # One run per directory
