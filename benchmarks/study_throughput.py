@@ -20,9 +20,9 @@ to back, so the machine's drift over the script's minutes cancels out of its rat
   the separate runs' wall time over the least any batched route must spend here: the fastest
   bare batched loop (bare_ensemble.py: the members' batches drawn from their tasks, training
   arithmetic and the evaluations; all seeds in one process on torch's threads, or split into one
-  process per core) plus one default run of a single step (start-up, W&B's start and finish, the
-  step-0 head scores). Past that, the floor has no Lightning, hooks, head scores, logging or
-  files, so a real route is slower still.
+  process per core, at most one per seed) plus one default run of a single step (start-up, W&B's
+  start and finish, the step-0 head scores). Past that, the floor has no Lightning, hooks, head
+  scores, logging or files, so a real route is slower still.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--run-rounds", type=int, default=3)
     parser.add_argument("--wandb", choices=["offline", "off"], default="offline")
-    small = {"steps": 4, "seeds": 2, "rounds": 1, "run_rounds": 1, "wandb": "off"}
+    small = {"steps": 4, "seeds": 1, "rounds": 1, "run_rounds": 1, "wandb": "off"}
     args = parse(parser, argv, small=small)
     base = [f"experiment={args.experiment}", "trainer.progress_bar=false", f"wandb={args.wandb}"]
     steps = f"trainer.max_steps={args.steps}"
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name in order:  # rotated, so that no route always runs first or last
                 time_route(name, routes[name], r)
             if ceiling:
-                for processes in sorted({1, CORES}):
+                for processes in sorted({1, min(CORES, args.seeds)}):
                     name = f"bare batched loop, {processes} process{'es' * (processes > 1)}"
                     seconds = bare_seconds(args.seeds, args.steps, processes)
                     times.setdefault(name, []).append(seconds)

@@ -73,7 +73,7 @@ def test_the_intact_model_is_what_training_logged(token_dissection, reference: P
             row = one(token_dissection, step=step, intervention="intact", metric=metric)
             assert row["value"] == pytest.approx(logged[step][f"eval/{metric}"], abs=1e-5)
             assert row["ci_low"] < row["value"] < row["ci_high"]
-            assert row["n"] == 128
+            assert row["n"] == 64  # RUN's evaluation sequences
 
 
 def test_the_first_ranked_head_changes_the_repeat_loss_as_a_hand_written_ablation_does(

@@ -18,15 +18,15 @@ SHORT = ("trainer.max_steps=60", "trainer.eval_every=20", "trainer.score_every=2
 
 
 def test_run_directory_follows_the_output_contract(reference: Path) -> None:
-    """The shared reference run (tests/conftest.py: RUN, 120 steps, evaluations every 20, head
-    scores every 40, checkpoints every 50)."""
+    """The shared reference run (tests/conftest.py: RUN, 120 steps of 16 sequences, evaluations
+    every 20, head scores every 40, checkpoints every 50)."""
     run_dir = reference
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (run_dir / ".hydra" / "resolved.yaml").exists()
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "sequences"]
     rows = read_metrics(run_dir / "metrics.csv")
-    assert all(r["sequences"] == r["step"] * 64 for r in rows)
+    assert all(r["sequences"] == r["step"] * 16 for r in rows)
     eval_steps = [int(r["step"]) for r in rows if "eval/loss" in r]
     assert eval_steps == [20, 40, 60, 80, 100, 120]
     score_steps = [int(r["step"]) for r in rows if "heads/prefix_matching/L1H0" in r]
@@ -38,7 +38,7 @@ def test_run_directory_follows_the_output_contract(reference: Path) -> None:
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["seed"] == 0
     assert on_disk["condition"] == "baseline" and on_disk["name"] == "induction_2l"
-    assert on_disk["steps"] == 120 and on_disk["sequences"] == 120 * 64
+    assert on_disk["steps"] == 120 and on_disk["sequences"] == 120 * 16
     assert on_disk["steps_per_sec"] > 0 and on_disk["wall_time_s"] > 0
     assert "learning_time" in on_disk and "eval/loss_repeat" in on_disk["final"]
     assert on_disk["phase_change"]["method"] == "peak-slope"
@@ -98,7 +98,7 @@ def test_loss_tables_and_pca_are_written_each_evaluation(reference: Path) -> Non
         early, late = 15, 62  # induction_2l: middle of the longest first segment, last target
         assert rows[step]["eval/icl_score"] == pytest.approx(profile[late] - profile[early], 1e-5)
     steps, names, losses = read_step_table(run_dir / "per_token_loss.csv")
-    assert steps.tolist() == evaluations and losses.shape == (6, 128)  # eval_size 128 < 256
+    assert steps.tolist() == evaluations and losses.shape == (6, 64)  # eval_size 64 < 256
     pca = read_step_table(run_dir / "loss_pca.csv")
     assert pca[0].tolist() == evaluations and pca[1] == ["pc1", "pc2"]
     explained = summary["loss_pca"]["explained_variance"]
