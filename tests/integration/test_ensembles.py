@@ -35,7 +35,13 @@ from ihlab.train.module import LabModule, Member
 from ihlab.train.run import build_module, train
 from ihlab.train.schema import to_train_config
 
-SHORT = ("trainer.max_steps=80", "trainer.eval_every=20", "trainer.score_every=40")
+# batches of 16: members must equal their single runs, which needs no full-size batch
+SHORT = (
+    "trainer.max_steps=80",
+    "trainer.eval_every=20",
+    "trainer.score_every=40",
+    "data.batch_size=16",
+)
 FEWSHOT = ("experiment=fewshot_fast", "data.eval_size=100", "data.n_train_classes=100")
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -26,6 +26,7 @@ from ihlab.train.schema import to_train_config
 from wandb_records import read_records
 
 TOKENS = (
+    "data.batch_size=16",  # what W&B receives is the point, not what the model learns
     "trainer.max_steps=60",
     "trainer.eval_every=20",
     "trainer.score_every=20",
