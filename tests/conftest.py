@@ -189,19 +189,20 @@ class CliResult:
     stderr: str
 
 
-@pytest.fixture
-def ihlab_train_main(
-    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def app_runner(
+    main: Callable[[], object],
+    program: str,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[list[str], Path], CliResult]:
-    """`ihlab-train ARGS` run in this process from `cwd` (its app's `main`, as the console script
-    calls it, minus the W&B writer's early start and the process boundary): the exit status,
-    and what it printed. For the tests of what a command prints and returns; signals and
-    launchers need real processes."""
-    from ihlab.apps.train import main
+    """`PROGRAM ARGS` run in this process from `cwd` (the app's `main`, as its console script
+    calls it, minus the process boundary; outputs under `cwd`): the exit status, and what it
+    printed. For the tests of what a command prints and returns; signals and launchers need
+    real processes."""
 
     def run(args: list[str], cwd: Path) -> CliResult:
         monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["ihlab-train", *args])
+        monkeypatch.setattr(sys, "argv", [program, *args])
         monkeypatch.delenv("IHLAB_OUTPUTS", raising=False)
         capfd.readouterr()
         code = 0
@@ -217,6 +218,27 @@ def ihlab_train_main(
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def ihlab_train_main(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str], Path], CliResult]:
+    """`ihlab-train ARGS` in this process (`app_runner`; the console script also starts the W&B
+    writer early, which this leaves to the run)."""
+    from ihlab.apps.train import main
+
+    return app_runner(main, "ihlab-train", capfd, monkeypatch)
+
+
+@pytest.fixture
+def ihlab_probe_main(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str], Path], CliResult]:
+    """`ihlab-probe ARGS` in this process (`app_runner`)."""
+    from ihlab.apps.probe import main
+
+    return app_runner(main, "ihlab-probe", capfd, monkeypatch)
 
 
 def read_offline_wandb(run_dir: Path) -> dict[str, Any]:

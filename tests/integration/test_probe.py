@@ -145,9 +145,8 @@ def test_bad_probe_inputs_fail_before_the_model_loads_and_write_nothing(
     assert not (tmp_path / "pwned").exists()  # no code ran from a file
 
 
-@pytest.mark.slow
-def test_the_cli_reports_a_bad_source_in_one_line(tmp_path: Path) -> None:
-    result = probe_cli(tmp_path, "model.source=/nonexistent")
+def test_the_cli_reports_a_bad_source_in_one_line(tmp_path: Path, ihlab_probe_main) -> None:
+    result = ihlab_probe_main(["model.source=/nonexistent"], tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ihlab-probe: config error: model.source=/nonexistent: no such file")
