@@ -18,6 +18,8 @@ QUICK = [
     "trainer.progress_bar=false",
     "trainer.max_steps=20",
     "trainer.eval_every=10",
+    "data.batch_size=16",  # what the command does, not what the model learns
+    "data.eval_size=64",
 ]
 
 
