@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--run-rounds", type=int, default=3)
     parser.add_argument("--wandb", choices=["offline", "off"], default="offline")
-    small = {"steps": 4, "seeds": 1, "rounds": 1, "run_rounds": 1, "wandb": "off"}
+    small = {"steps": 4, "seeds": 2, "rounds": 1, "run_rounds": 1, "wandb": "off"}
     args = parse(parser, argv, small=small)
     base = [f"experiment={args.experiment}", "trainer.progress_bar=false", f"wandb={args.wandb}"]
     steps = f"trainer.max_steps={args.steps}"

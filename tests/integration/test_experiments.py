@@ -75,8 +75,9 @@ def test_clamping_previous_token_attention_or_subcircuit_a_shortens_the_plateau(
     """README's clamp table, seed 0 (Singh et al.): unclamped 1700, previous-token attention
     clamped 700 (47% shorter over seeds 0-2), subcircuit A 200 (88% shorter, no plateau)."""
     # Each run ends where its bound below does: the learning time is the first evaluation below
-    # the threshold, and fewshot_fast's constant learning rate does not depend on the run length,
-    # so a longer run could only find a learning time that fails the bound anyway.
+    # the threshold, and nothing before it depends on the run's length (fewshot_fast's learning
+    # rate is constant, its batches are keyed by step), so a longer run could only find a
+    # learning time that fails the bound anyway.
     short = ("experiment=fewshot_fast", "data.eval_size=500", "trainer.score_every=0")
     prev = run_training(*short, "clamps=prev_token", "trainer.max_steps=900", name="prev")
     a = run_training(*short, "clamps=subcircuit_a", "trainer.max_steps=300", name="a")

@@ -146,7 +146,7 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(
     proc = start([*CLI, "hydra.run.dir=run"], cwd=tmp_path)
     run = tmp_path / "run"
     wait_for(lambda: (run / "checkpoints" / "step_000050.ckpt").exists(), proc)
-    wait_for(logged_step(run, 70), proc)
+    wait_for(logged_step(run, 60), proc)  # metrics.csv is saved at evaluations: 60 steps to go
     proc.kill()
     proc.wait()
     assert not (run / "summary.json").exists()
@@ -244,7 +244,10 @@ def test_sigterm_mid_multirun_stops_it_and_a_retry_finishes_only_what_is_left(
 
 @pytest.mark.slow
 def test_killing_a_parallel_multirun_stops_its_workers(tmp_path: Path, ihlab_train_main) -> None:
-    args = ["-m", "launcher=parallel", "seed=0,1", *CLI, "hydra.sweep.dir=sweep"]
+    # Batches of 64 (RUN's are 16): both jobs must still be training when the signal lands, and
+    # the two workers may start their jobs seconds apart.
+    cli = ["data.batch_size=64" if a.startswith("data.batch_size=") else a for a in CLI]
+    args = ["-m", "launcher=parallel", "seed=0,1", *cli, "hydra.sweep.dir=sweep"]
     proc = start(args, cwd=tmp_path)
     sweep = tmp_path / "sweep"
     wait_for(lambda: all(logged_step(sweep / f"{i}_baseline_s{i}", 20)() for i in (0, 1)), proc)
@@ -319,14 +322,15 @@ def test_slurm_preemption_requeues_through_submitit_and_resumes(
     tmp_path: Path, reference: Path, reference_seed1: Path
 ) -> None:
     """A multirun of two seeds through launcher=submitit_local (the SLURM route on this
-    machine), one job preempted by submitit's signal (USR2): that job checkpoints, writes its
-    summary, is requeued and resumes; the other job is untouched. Both equal their uninterrupted
-    runs."""
-    args = ["-m", "launcher=submitit_local", "seed=0,1", *CLI, "hydra.sweep.dir=sweep"]
+    machine), in its default dated sweep folder (resolved the same in submitit's job processes),
+    one job preempted by submitit's signal (USR2): that job checkpoints, writes its summary, is
+    requeued and resumes; the other job is untouched. Both equal their uninterrupted runs."""
+    args = ["-m", "launcher=submitit_local", "seed=0,1", *CLI]
     proc = start(args, cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    studies = tmp_path / "outputs" / "multirun" / "induction_2l"
+    wait_for(lambda: any(logged_step(p, 40)() for p in studies.glob("*/0_baseline_s0")), proc)
+    (sweep,) = studies.iterdir()
     run = sweep / "0_baseline_s0"
-    wait_for(logged_step(run, 40), proc)
     holder = int((run / ".lock").read_text().split()[1])  # "pid N on HOST since ..."
     job = psutil.Process(holder)
     assert any("_submit" in part for part in job.cmdline())  # submitit's job process
@@ -334,6 +338,9 @@ def test_slurm_preemption_requeues_through_submitit_and_resumes(
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert "2 of 2 jobs completed" in output
+    assert [p.name for p in studies.iterdir()] == [sweep.name]
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert runs == ["0_baseline_s0", "1_baseline_s1"]
     assert (sweep / ".submitit").is_dir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"
@@ -344,8 +351,9 @@ def test_slurm_preemption_requeues_through_submitit_and_resumes(
     other = sweep / "1_baseline_s1"
     summary = json.loads((other / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["segments"]) == 1
-    assert (other / "checkpoints" / "last.ckpt").exists()
     assert_same_run(other, reference_seed1)
+    for name in runs:
+        assert (sweep / name / "checkpoints" / "last.ckpt").exists()
 
 
 # One run per directory
